@@ -1,0 +1,40 @@
+"""fastconv: fast CPU convolution, pooling and ReLU for NumPy.
+
+Cython kernels, parallel with OpenMP, behind a NumPy API; every op has a plain-NumPy twin in
+:mod:`fastconv.reference` with the same signature.
+
+>>> import numpy as np
+>>> import fastconv
+>>> x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+>>> w = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32)
+>>> y = fastconv.max_pool2d(fastconv.conv2d(x, w, padding=1, activation="relu"), 2)
+>>> y.shape
+(2, 8, 8, 8)
+>>> np.allclose(y, fastconv.reference.max_pool2d(
+...     fastconv.reference.conv2d(x, w, padding=1, activation="relu"), 2), atol=1e-5)
+True
+"""
+
+from . import reference
+from ._config import config, show_config
+from ._threads import get_num_threads, set_num_threads
+from ._version import __version__
+from .activation import relu
+from .conv import conv2d
+from .im2col import col2im, im2col
+from .pooling import avg_pool2d, max_pool2d
+
+__all__ = [
+    "conv2d",
+    "relu",
+    "max_pool2d",
+    "avg_pool2d",
+    "im2col",
+    "col2im",
+    "set_num_threads",
+    "get_num_threads",
+    "show_config",
+    "config",
+    "reference",
+    "__version__",
+]

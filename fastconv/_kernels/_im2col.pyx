@@ -1,0 +1,167 @@
+"""im2col (window cells to matrix rows) and its adjoint col2im, NCHW and NHWC.
+
+Compute only; see ``fastconv.im2col`` for the validated public functions. The column matrix has
+one row per output pixel q = (n, oh, ow) and one column per window cell: (c, kh, kw) for NCHW,
+(kh, kw, c) for NHWC. Cells that fall in the padding are written as zeros.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+
+def im2col_nchw(
+    const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+    floating[:, ::1] cols,            # OUT (q1 - q0, c_count*KH*KW)
+    Py_ssize_t q0, Py_ssize_t c0, Py_ssize_t KH, Py_ssize_t KW,
+    Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Rows q0 .. q0+len(cols) of the column matrix, channels c0 .. c0+c_count (one group)."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t n_rows = cols.shape[0], K = cols.shape[1]
+    cdef Py_ssize_t c_count = K // (KH * KW)
+    cdef Py_ssize_t i, q, n, oh, ow, c, kh, kw, ih, iw
+    cdef const floating* plane
+    cdef floating* row
+    if n_rows == 0 or K == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* cp = &cols[0, 0]
+    with nogil:
+        for i in prange(n_rows, schedule="static", num_threads=n_threads):
+            q = q0 + i
+            n = q // (OH * OW)
+            oh = (q // OW) % OH
+            ow = q % OW
+            row = cp + i * K
+            for c in range(c_count):
+                plane = xp + (n * C + c0 + c) * H * W
+                for kh in range(KH):
+                    ih = oh * stride_h - pad_top + kh * dilation_h
+                    for kw in range(KW):
+                        iw = ow * stride_w - pad_left + kw * dilation_w
+                        if 0 <= ih < H and 0 <= iw < W:
+                            row[(c * KH + kh) * KW + kw] = plane[ih * W + iw]
+                        else:
+                            row[(c * KH + kh) * KW + kw] = 0
+
+
+def im2col_nhwc(
+    const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
+    floating[:, ::1] cols,            # OUT (q1 - q0, KH*KW*c_count)
+    Py_ssize_t q0, Py_ssize_t c0, Py_ssize_t KH, Py_ssize_t KW,
+    Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Rows q0 .. q0+len(cols) of the column matrix, channels c0 .. c0+c_count (one group)."""
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t n_rows = cols.shape[0], K = cols.shape[1]
+    cdef Py_ssize_t c_count = K // (KH * KW)
+    cdef Py_ssize_t i, q, n, oh, ow, kh, kw, ih, iw
+    cdef floating* dst
+    if n_rows == 0 or K == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* cp = &cols[0, 0]
+    with nogil:
+        for i in prange(n_rows, schedule="static", num_threads=n_threads):
+            q = q0 + i
+            n = q // (OH * OW)
+            oh = (q // OW) % OH
+            ow = q % OW
+            for kh in range(KH):
+                ih = oh * stride_h - pad_top + kh * dilation_h
+                for kw in range(KW):
+                    iw = ow * stride_w - pad_left + kw * dilation_w
+                    dst = cp + i * K + (kh * KW + kw) * c_count
+                    # The channels of one input pixel are contiguous: one copy per cell.
+                    if 0 <= ih < H and 0 <= iw < W:
+                        memcpy(dst, xp + ((n * H + ih) * W + iw) * C + c0,
+                               c_count * sizeof(floating))
+                    else:
+                        memset(dst, 0, c_count * sizeof(floating))
+
+
+cdef inline bint _source(Py_ssize_t i, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t dilation,
+                         Py_ssize_t pad, Py_ssize_t n_out, Py_ssize_t* o) noexcept nogil:
+    """Does input position i receive window cell k of some output o (and which)?"""
+    cdef Py_ssize_t t = i + pad - k * dilation
+    if t < 0 or t % stride != 0:
+        return False
+    o[0] = t // stride
+    return o[0] < n_out
+
+
+def col2im_nchw(
+    const floating[:, ::1] cols,       # IN  (N*OH*OW, C*KH*KW)
+    floating[:, :, :, ::1] x,          # OUT (N, C, H, W), fully overwritten
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Sum every column entry back into its input cell.
+
+    Gathers per input cell (each cell is owned by one thread and summed in a fixed (kh, kw)
+    order), so the result is deterministic and independent of the thread count.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = cols.shape[1]
+    cdef Py_ssize_t r, n, c, ih, iw, kh, kw, oh, ow
+    cdef floating acc
+    if N * C * H * W == 0:
+        return
+    cdef const floating* cp = &cols[0, 0] if cols.shape[0] > 0 else NULL
+    cdef floating* xp = &x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * C * H, schedule="static", num_threads=n_threads):
+            n = r // (C * H)
+            c = (r // H) % C
+            ih = r % H
+            for iw in range(W):
+                acc = 0
+                for kh in range(KH):
+                    if not _source(ih, kh, stride_h, dilation_h, pad_top, OH, &oh):
+                        continue
+                    for kw in range(KW):
+                        if _source(iw, kw, stride_w, dilation_w, pad_left, OW, &ow):
+                            acc = acc + cp[(n * OH * OW + oh * OW + ow) * K
+                                           + (c * KH + kh) * KW + kw]
+                xp[r * W + iw] = acc
+
+
+def col2im_nhwc(
+    const floating[:, ::1] cols,       # IN  (N*OH*OW, KH*KW*C)
+    floating[:, :, :, ::1] x,          # OUT (N, H, W, C), fully overwritten
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """NHWC col2im; deterministic for the same reason as :func:`col2im_nchw`."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t K = cols.shape[1]
+    cdef Py_ssize_t r, n, c, ih, iw, kh, kw, oh, ow
+    cdef floating* dst
+    cdef const floating* src
+    if N * H * W * C == 0:
+        return
+    cdef const floating* cp = &cols[0, 0] if cols.shape[0] > 0 else NULL
+    cdef floating* xp = &x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * H, schedule="static", num_threads=n_threads):
+            n = r // H
+            ih = r % H
+            for iw in range(W):
+                dst = xp + (r * W + iw) * C
+                for c in range(C):
+                    dst[c] = 0
+                for kh in range(KH):
+                    if not _source(ih, kh, stride_h, dilation_h, pad_top, OH, &oh):
+                        continue
+                    for kw in range(KW):
+                        if _source(iw, kw, stride_w, dilation_w, pad_left, OW, &ow):
+                            src = cp + (n * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * C
+                            for c in range(C):
+                                dst[c] += src[c]

@@ -1,0 +1,95 @@
+"""The thread count every kernel runs with.
+
+``num_threads=None`` in any op means the process-wide setting: :func:`set_num_threads`, which
+defaults to ``OMP_NUM_THREADS`` when that is set, else to the number of cores this process may
+run on. Without OpenMP every kernel runs on one thread whatever is asked.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Optional
+
+from ._kernels import _openmp
+
+# Work items (output rows, pixels, elements) below which starting a thread team costs more than
+# it saves. Small calls then run on the calling thread only.
+MIN_WORK_PER_THREAD = 4096
+
+_setting: Optional[int] = None
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_num_threads() -> int:
+    """``OMP_NUM_THREADS`` (its first entry) when set to a positive int, else the core count."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return _cores()
+
+
+def _check_count(n, func: str) -> int:
+    if isinstance(n, bool):
+        raise TypeError(f"{func}: num_threads must be a positive int or None, got {n!r}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{func}: num_threads must be a positive int or None, got {n!r}") from None
+    if n < 1:
+        raise ValueError(f"{func}: num_threads must be a positive int or None, got {n}")
+    return n
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Set the default thread count of every op; ``None`` restores the default.
+
+    Parameters
+    ----------
+    n : int or None
+        Positive number of threads, an upper limit per call (a call never uses more threads than
+        it has work items). ``None`` goes back to ``OMP_NUM_THREADS`` or the core count.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> fastconv.set_num_threads(1)
+    >>> fastconv.get_num_threads()
+    1
+    >>> fastconv.set_num_threads(None)
+    """
+    global _setting
+    _setting = None if n is None else _check_count(n, "set_num_threads")
+
+
+def get_num_threads() -> int:
+    """The thread count used when an op is called with ``num_threads=None``.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> fastconv.get_num_threads() >= 1
+    True
+    """
+    return _setting if _setting is not None else default_num_threads()
+
+
+def resolve(num_threads: Optional[int], func: str) -> int:
+    """Validate an op's ``num_threads`` argument and return the requested thread count."""
+    if num_threads is None:
+        return get_num_threads()
+    return _check_count(num_threads, func)
+
+
+def for_work(n_threads: int, work_items: int, min_per_thread: int = MIN_WORK_PER_THREAD) -> int:
+    """Threads to start for ``work_items`` units of work: never more than useful, 1 without OpenMP."""
+    if not _openmp.openmp_enabled():
+        return 1
+    useful = max(1, work_items // max(1, min_per_thread))
+    return max(1, min(n_threads, useful))

@@ -1,0 +1,569 @@
+"""Argument normalisation shared by every public op and by :mod:`fastconv.reference`.
+
+Everything a kernel relies on is decided here, in Python, before any kernel runs: the compute
+dtype, the 4-D view of the input, the normalised geometry (stride, dilation, explicit padding,
+output size) and every size check. The fast ops and the reference both call these functions,
+so the two can only differ in how they compute, never in what they accept.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+LAYOUTS = ("NCHW", "NHWC")
+ALGORITHMS = ("auto", "direct", "im2col")
+ACTIVATIONS = (None, "relu")
+
+# Largest stride, dilation, padding or kernel extent accepted. Far beyond any real layer, and
+# small enough that no index computed from them in a kernel can overflow a 64-bit integer.
+MAX_GEOMETRY = 2**31 - 1
+
+_INTP_MAX = int(np.iinfo(np.intp).max)
+
+Pair = Tuple[int, int]
+Padding2 = Tuple[Pair, Pair]
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+
+
+def compute_dtype(dtype: np.dtype, name: str, func: str) -> np.dtype:
+    """Return the float dtype an array of ``dtype`` is computed in.
+
+    float32 and float64 are kept; float16 goes to float32; integers and bool go to float64.
+    Anything else (complex, object, strings, datetimes, long double) is a ``TypeError``.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        if dtype.itemsize == 2:
+            return np.dtype(np.float32)
+        if dtype.itemsize in (4, 8):
+            return np.dtype(dtype.type)
+    elif dtype.kind in "biu":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{func}: {name} has dtype {dtype}, which is not supported; use float32 or float64 "
+        "(float16, integer and bool inputs are converted)"
+    )
+
+
+def as_array(a: Any, name: str, func: str) -> np.ndarray:
+    """``np.asarray`` with a dtype check; the array keeps its own dtype and memory layout."""
+    if a is None:
+        raise TypeError(f"{func}: {name} must be an array, got None")
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{func}: {name} could not be converted to an array: {exc}") from None
+    compute_dtype(arr.dtype, name, func)
+    return arr
+
+
+def common_dtype(func: str, **arrays: np.ndarray) -> np.dtype:
+    """The dtype the op computes in: ``np.result_type`` of each input's compute dtype."""
+    return np.result_type(*(compute_dtype(a.dtype, n, func) for n, a in arrays.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# scalars and pairs
+
+
+def _as_int(value: Any, name: str, func: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{func}: {name} must be an int or a pair of ints, got {value!r}"
+        ) from None
+
+
+def as_pair(value: Any, name: str, func: str, minimum: int = 1) -> Pair:
+    """Normalise an int or a pair of ints to ``(h, w)``, each in ``[minimum, MAX_GEOMETRY]``."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        items = list(value)
+        if len(items) != 2:
+            raise ValueError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
+        pair = (_as_int(items[0], name, func), _as_int(items[1], name, func))
+    else:
+        v = _as_int(value, name, func)
+        pair = (v, v)
+    if min(pair) < minimum:
+        bound = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{func}: {name} must be {bound}, got {value!r}")
+    if max(pair) > MAX_GEOMETRY:
+        raise ValueError(f"{func}: {name} must be at most {MAX_GEOMETRY}, got {value!r}")
+    return pair
+
+
+def normalize_choice(value: Any, choices, name: str, func: str, upper: bool = False):
+    """Case-insensitive match of a string option against ``choices``."""
+    if value is None and None in choices:
+        return None
+    if isinstance(value, str):
+        key = value.upper() if upper else value.lower()
+        if key in choices:
+            return key
+    shown = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{func}: {name} must be one of {shown}, got {value!r}")
+
+
+def normalize_layout(layout: Any, func: str) -> str:
+    return normalize_choice(layout, LAYOUTS, "layout", func, upper=True)
+
+
+# --------------------------------------------------------------------------------------------
+# padding and output size
+
+
+def output_size(
+    in_size: int,
+    kernel: int,
+    stride: int,
+    dilation: int,
+    pad_before: int,
+    pad_after: int,
+    ceil_mode: bool = False,
+) -> int:
+    """Output length along one spatial axis (PyTorch's formula).
+
+    ``floor((in + pad_before + pad_after - dilation*(kernel-1) - 1) / stride) + 1``; with
+    ``ceil_mode`` the ceiling is taken, and a last window that would start in the end padding
+    (or past it) is dropped. May return a value < 1 when the kernel does not fit.
+    """
+    span = in_size + pad_before + pad_after - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= in_size + pad_before:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def same_padding(in_size: int, kernel: int, stride: int, dilation: int) -> Pair:
+    """TensorFlow 'SAME' padding along one axis: ``out = ceil(in / stride)``, extra cell at the end."""
+    out = -(-in_size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - in_size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(
+    padding: Any,
+    in_hw: Pair,
+    kernel_hw: Pair,
+    stride_hw: Pair,
+    dilation_hw: Pair,
+    func: str,
+) -> Padding2:
+    """Normalise every accepted padding form to ``((top, bottom), (left, right))``.
+
+    Accepted: an int, a pair ``(ph, pw)``, a pair of pairs ``((top, bottom), (left, right))``,
+    ``"valid"`` (no padding) and ``"same"`` (TensorFlow semantics, any stride and dilation).
+    """
+    if isinstance(padding, str):
+        mode = normalize_choice(padding, ("valid", "same"), "padding", func)
+        if mode == "valid":
+            return (0, 0), (0, 0)
+        return tuple(  # type: ignore[return-value]
+            same_padding(i, k, s, d) for i, k, s, d in zip(in_hw, kernel_hw, stride_hw, dilation_hw)
+        )
+    if isinstance(padding, (tuple, list, np.ndarray)):
+        items = list(padding)
+        if len(items) == 2 and all(isinstance(p, (tuple, list, np.ndarray)) for p in items):
+            pads = []
+            for p in items:
+                p = list(p)
+                if len(p) != 2:
+                    raise ValueError(
+                        f"{func}: padding must be an int, a pair, a pair of (before, after) "
+                        f"pairs, 'valid' or 'same', got {padding!r}"
+                    )
+                pads.append((_as_int(p[0], "padding", func), _as_int(p[1], "padding", func)))
+            result = (pads[0], pads[1])
+        elif len(items) == 2:
+            ph, pw = _as_int(items[0], "padding", func), _as_int(items[1], "padding", func)
+            result = ((ph, ph), (pw, pw))
+        else:
+            raise ValueError(
+                f"{func}: padding must be an int, a pair, a pair of (before, after) pairs, "
+                f"'valid' or 'same', got {padding!r}"
+            )
+    else:
+        p = _as_int(padding, "padding", func)
+        result = ((p, p), (p, p))
+    flat = [v for pair in result for v in pair]
+    if min(flat) < 0:
+        raise ValueError(f"{func}: padding must be non-negative, got {padding!r}")
+    if max(flat) > MAX_GEOMETRY:
+        raise ValueError(f"{func}: padding must be at most {MAX_GEOMETRY}, got {padding!r}")
+    return result
+
+
+def check_size(shape: Tuple[int, ...], itemsize: int, what: str, func: str) -> None:
+    """Refuse arrays whose byte size would overflow the platform's ``intp``."""
+    total = math.prod(int(s) for s in shape) * itemsize
+    if total > _INTP_MAX:
+        raise ValueError(
+            f"{func}: {what} of shape {tuple(shape)} would need {total} bytes, "
+            "more than this platform can index"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# geometry shared by convolution, pooling and im2col
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A sliding-window op over a batch in one layout, fully normalised.
+
+    The kernels and the reference only ever see these numbers; ``pad_bottom`` and
+    ``pad_right`` include nothing for ceil_mode (that overhang is implied by ``out_h``/``out_w``).
+    """
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    out_h: int
+    out_w: int
+
+    @property
+    def out_pixels(self) -> int:
+        return self.out_h * self.out_w
+
+
+def make_geometry(
+    shape4: Tuple[int, int, int, int],
+    layout: str,
+    kernel_hw: Pair,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    func: str,
+    *,
+    ceil_mode: bool = False,
+    x_desc: str = "",
+    kernel_desc: str = "kernel",
+) -> Geometry:
+    """Normalise stride/padding/dilation for a 4-D input of ``shape4`` and compute the output size.
+
+    Raises ``ValueError`` when the (dilated) kernel does not fit the padded input.
+    """
+    if layout == "NCHW":
+        n, c, h, w = shape4
+    else:
+        n, h, w, c = shape4
+    stride_hw = as_pair(stride, "stride", func)
+    dilation_hw = as_pair(dilation, "dilation", func)
+    (pt, pb), (pl, pr) = resolve_padding(padding, (h, w), kernel_hw, stride_hw, dilation_hw, func)
+    out_h = output_size(h, kernel_hw[0], stride_hw[0], dilation_hw[0], pt, pb, ceil_mode)
+    out_w = output_size(w, kernel_hw[1], stride_hw[1], dilation_hw[1], pl, pr, ceil_mode)
+    if out_h < 1 or out_w < 1:
+        eff = tuple((k - 1) * d + 1 for k, d in zip(kernel_hw, dilation_hw))
+        raise ValueError(
+            f"{func}: {kernel_desc} of size {kernel_hw} (dilated extent {eff}) is larger than "
+            f"the padded input {(h + pt + pb, w + pl + pr)} ({x_desc}padding "
+            f"{((pt, pb), (pl, pr))})"
+        )
+    return Geometry(
+        n, c, h, w, kernel_hw[0], kernel_hw[1], stride_hw[0], stride_hw[1],
+        dilation_hw[0], dilation_hw[1], pt, pb, pl, pr, out_h, out_w,
+    )
+
+
+def spatial_shape(n: int, c: int, h: int, w: int, layout: str) -> Tuple[int, int, int, int]:
+    """The 4-D shape of an (n, c, h, w) tensor in ``layout``."""
+    return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+
+
+def batched(x: np.ndarray, layout: str, func: str, name: str = "x", allow_2d: bool = False):
+    """View ``x`` as a 4-D batch; return ``(x4, restore)`` where ``restore`` undoes the view.
+
+    4-D is a batch, 3-D one image ((C, H, W) or (H, W, C) per layout), and, when ``allow_2d``,
+    2-D a single-channel (H, W) image.
+    """
+    if x.ndim == 4:
+        return x, lambda y: y
+    if x.ndim == 3:
+        return x[np.newaxis], lambda y: y[0]
+    if x.ndim == 2 and allow_2d:
+        if layout == "NCHW":
+            return x[np.newaxis, np.newaxis], lambda y: y[0, 0]
+        return x[np.newaxis, :, :, np.newaxis], lambda y: y[0, :, :, 0]
+    dims = "2-D (H, W), 3-D or 4-D" if allow_2d else "3-D or 4-D"
+    form = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+    raise ValueError(
+        f"{func}: {name} must be {dims} {form} for layout={layout!r}, got shape {x.shape}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# output buffers
+
+
+def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, func: str, name: str = "out"):
+    """Validate a user-supplied ``out=`` array: exact shape and dtype, writeable."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{func}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{func}: {name} must have dtype {dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{func}: {name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{func}: {name} is read-only")
+    return out
+
+
+def deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """Copy ``result`` into ``out`` when ``out`` was given and is not already ``result``."""
+    if out is None or out is result:
+        return result
+    np.copyto(out, result)
+    return out
+
+
+def kernel_target(out: Optional[np.ndarray], shape, dtype, *inputs: np.ndarray) -> np.ndarray:
+    """The C-contiguous array a kernel writes into.
+
+    ``out`` itself when it is C-contiguous and shares no memory with the inputs, otherwise a
+    fresh array (copied into ``out`` afterwards by :func:`deliver`).
+    """
+    if (
+        out is not None
+        and out.flags.c_contiguous
+        and not any(np.may_share_memory(out, a) for a in inputs)
+    ):
+        return out
+    return np.empty(shape, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# convolution
+
+
+@dataclass(frozen=True)
+class ConvArgs:
+    """Normalised arguments of ``conv2d``: 4-D arrays in ``layout``, compute dtype, geometry."""
+
+    x: np.ndarray          # 4-D, in layout, compute dtype (not necessarily contiguous)
+    weight: np.ndarray     # (C_out, C_in/g, KH, KW) for NCHW, (KH, KW, C_in/g, C_out) for NHWC
+    bias: Optional[np.ndarray]
+    geometry: Geometry
+    groups: int
+    c_out: int
+    layout: str
+    activation: Optional[str]
+    dtype: np.dtype
+    restore: Any           # maps the 4-D result back to the caller's rank
+
+    @property
+    def out_shape4(self) -> Tuple[int, int, int, int]:
+        g = self.geometry
+        return spatial_shape(g.n, self.c_out, g.out_h, g.out_w, self.layout)
+
+
+def conv_args(
+    x, weight, bias, stride, padding, dilation, groups, layout, activation, func="conv2d"
+) -> ConvArgs:
+    """Validate and normalise the arguments of ``conv2d`` (and its reference)."""
+    layout = normalize_layout(layout, func)
+    activation = normalize_choice(activation, ACTIVATIONS, "activation", func)
+    x = as_array(x, "x", func)
+    weight = as_array(weight, "weight", func)
+    arrays = {"x": x, "weight": weight}
+    if bias is not None:
+        bias = as_array(bias, "bias", func)
+    dtype = common_dtype(func, **arrays)
+    groups = _as_int(groups, "groups", func)
+    if groups < 1:
+        raise ValueError(f"{func}: groups must be positive, got {groups}")
+
+    if x.ndim == 2 or weight.ndim == 2:
+        if x.ndim != 2 or weight.ndim != 2:
+            raise ValueError(
+                f"{func}: a 2-D x (H, W) needs a 2-D weight (KH, KW) and vice versa "
+                f"(x shape {x.shape}, weight shape {weight.shape})"
+            )
+        x4, restore = batched(x, layout, func, allow_2d=True)
+        weight4 = (
+            weight[np.newaxis, np.newaxis] if layout == "NCHW" else weight[:, :, np.newaxis, np.newaxis]
+        )
+    else:
+        x4, restore = batched(x, layout, func, allow_2d=True)
+        weight4 = weight
+        if weight.ndim != 4:
+            form = "(C_out, C_in/groups, KH, KW)" if layout == "NCHW" else "(KH, KW, C_in/groups, C_out)"
+            raise ValueError(
+                f"{func}: weight must be 4-D {form} for layout={layout!r}, got shape {weight.shape}"
+            )
+
+    if layout == "NCHW":
+        c_out, c_in_g, kh, kw = weight4.shape
+        c_in = x4.shape[1]
+    else:
+        kh, kw, c_in_g, c_out = weight4.shape
+        c_in = x4.shape[3]
+    shapes = f"(x shape {x.shape}, weight shape {weight.shape}, groups={groups})"
+    if min(weight4.shape) < 1:
+        raise ValueError(f"{func}: weight must have no zero-length axis {shapes}")
+    if c_in % groups:
+        raise ValueError(f"{func}: x has {c_in} channels, which is not divisible by groups {shapes}")
+    if c_out % groups:
+        raise ValueError(
+            f"{func}: weight has {c_out} output channels, which is not divisible by groups {shapes}"
+        )
+    if c_in_g * groups != c_in:
+        raise ValueError(
+            f"{func}: weight expects {c_in_g} input channels per group but x has {c_in} "
+            f"channels {shapes}"
+        )
+    if bias is not None:
+        if bias.shape != (c_out,):
+            raise ValueError(
+                f"{func}: bias must have shape ({c_out},) to match the weight's {c_out} output "
+                f"channels, got shape {bias.shape} (weight shape {weight.shape})"
+            )
+        bias = bias.astype(dtype, copy=False)
+    geometry = make_geometry(
+        x4.shape, layout, (kh, kw), stride, padding, dilation, func,
+        x_desc=f"x shape {x.shape}, ", kernel_desc="weight kernel",
+    )
+    args = ConvArgs(
+        x=x4.astype(dtype, copy=False), weight=weight4.astype(dtype, copy=False), bias=bias,
+        geometry=geometry, groups=groups, c_out=c_out, layout=layout, activation=activation,
+        dtype=dtype, restore=restore,
+    )
+    check_size(args.out_shape4, dtype.itemsize, "the output", func)
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+
+
+@dataclass(frozen=True)
+class PoolArgs:
+    """Normalised arguments of a pooling op."""
+
+    x: np.ndarray          # 4-D, in layout, compute dtype
+    geometry: Geometry
+    layout: str
+    dtype: np.dtype
+    restore: Any
+
+    @property
+    def out_shape4(self) -> Tuple[int, int, int, int]:
+        g = self.geometry
+        return spatial_shape(g.n, g.c, g.out_h, g.out_w, self.layout)
+
+
+def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func) -> PoolArgs:
+    """Validate and normalise the arguments shared by ``max_pool2d`` and ``avg_pool2d``."""
+    layout = normalize_layout(layout, func)
+    x = as_array(x, "x", func)
+    dtype = common_dtype(func, x=x)
+    x4, restore = batched(x, layout, func, allow_2d=True)
+    kernel_hw = as_pair(kernel_size, "kernel_size", func)
+    if stride is None:
+        stride = kernel_hw
+    geometry = make_geometry(
+        x4.shape, layout, kernel_hw, stride, padding, 1, func,
+        ceil_mode=bool(ceil_mode), x_desc=f"x shape {x.shape}, ", kernel_desc="kernel_size",
+    )
+    pads = (geometry.pad_top, geometry.pad_bottom, geometry.pad_left, geometry.pad_right)
+    halves = (kernel_hw[0], kernel_hw[0], kernel_hw[1], kernel_hw[1])
+    if any(2 * p > k for p, k in zip(pads, halves)):
+        raise ValueError(
+            f"{func}: padding {((pads[0], pads[1]), (pads[2], pads[3]))} must be at most half "
+            f"of kernel_size {kernel_hw}"
+        )
+    args = PoolArgs(x=x4.astype(dtype, copy=False), geometry=geometry, layout=layout,
+                    dtype=dtype, restore=restore)
+    check_size(args.out_shape4, dtype.itemsize, "the output", func)
+    return args
+
+
+def avg_divisor(divisor_override: Any, func: str) -> int:
+    """Validate ``divisor_override``: None (returned as 0) or a positive int."""
+    if divisor_override is None:
+        return 0
+    d = _as_int(divisor_override, "divisor_override", func)
+    if d < 1:
+        raise ValueError(f"{func}: divisor_override must be positive, got {divisor_override!r}")
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# im2col / col2im
+
+
+def im2col_args(x, kernel_size, stride, padding, dilation, layout, func="im2col"):
+    """Validate ``im2col``'s arguments; return ``(x4 in compute dtype, geometry, layout)``."""
+    layout = normalize_layout(layout, func)
+    x = as_array(x, "x", func)
+    dtype = common_dtype(func, x=x)
+    if x.ndim != 4:
+        form = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+        raise ValueError(f"{func}: x must be 4-D {form} for layout={layout!r}, got shape {x.shape}")
+    kernel_hw = as_pair(kernel_size, "kernel_size", func)
+    geometry = make_geometry(x.shape, layout, kernel_hw, stride, padding, dilation, func,
+                             x_desc=f"x shape {x.shape}, ", kernel_desc="kernel_size")
+    check_size(cols_shape(geometry), dtype.itemsize, "the column matrix", func)
+    return x.astype(dtype, copy=False), geometry, layout
+
+
+def cols_shape(g: Geometry) -> Pair:
+    """Shape of the im2col matrix: one row per output pixel, one column per window cell."""
+    return g.n * g.out_h * g.out_w, g.c * g.kernel_h * g.kernel_w
+
+
+def col2im_args(cols, input_shape, kernel_size, stride, padding, dilation, layout, func="col2im"):
+    """Validate ``col2im``'s arguments; return ``(cols in compute dtype, geometry, layout)``."""
+    layout = normalize_layout(layout, func)
+    cols = as_array(cols, "cols", func)
+    dtype = common_dtype(func, cols=cols)
+    try:
+        shape = tuple(_as_int(s, "input_shape", func) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"{func}: input_shape must be a tuple of 4 ints, got {input_shape!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{func}: input_shape must be 4 non-negative ints, got {input_shape!r}")
+    kernel_hw = as_pair(kernel_size, "kernel_size", func)
+    geometry = make_geometry(shape, layout, kernel_hw, stride, padding, dilation, func,
+                             x_desc=f"input_shape {shape}, ", kernel_desc="kernel_size")
+    expected = cols_shape(geometry)
+    if cols.shape != expected:
+        raise ValueError(
+            f"{func}: cols must have shape {expected} for input_shape {shape}, kernel_size "
+            f"{kernel_hw} and layout={layout!r}, got shape {cols.shape}"
+        )
+    check_size(shape, dtype.itemsize, "the output", func)
+    return cols.astype(dtype, copy=False), geometry, layout
+
+
+def final_shape(restore: Any, shape4: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The caller-rank shape of a 4-D result of ``shape4`` (what ``restore`` will return)."""
+    return restore(np.broadcast_to(np.empty((), dtype=np.uint8), shape4)).shape

@@ -1,0 +1,63 @@
+"""Element-wise activations: the public ``relu``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _threads, _validate
+from ._kernels import _relu
+
+__all__ = ["relu"]
+
+# Elements per thread below which a second thread costs more than it saves.
+_RELU_MIN_PER_THREAD = 65536
+
+
+def relu(x: ArrayLike, *, out: Optional[np.ndarray] = None,
+         num_threads: Optional[int] = None) -> np.ndarray:
+    """Rectified linear unit, ``max(x, 0)``, element-wise, for arrays of any shape.
+
+    Parameters
+    ----------
+    x : array_like
+        Any shape and memory layout.
+    out : ndarray, optional
+        Written in place and returned; exact shape and result dtype. ``relu(x, out=x)`` is an
+        in-place ReLU.
+    num_threads : int, optional
+        Upper limit on threads; ``None`` uses :func:`fastconv.get_num_threads`.
+
+    Returns
+    -------
+    ndarray
+        Same shape as x; float32 for float32/float16 input, float64 otherwise.
+
+    Notes
+    -----
+    NaN stays NaN (as in PyTorch), and -0.0 becomes +0.0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import relu
+    >>> relu(np.array([-2.0, -0.0, 0.5, np.nan]))
+    array([0. , 0. , 0.5, nan])
+    >>> a = np.array([[-1.0, 2.0]], dtype=np.float32)
+    >>> relu(a, out=a) is a
+    True
+    """
+    func = "relu"
+    x = _validate.as_array(x, "x", func)
+    dtype = _validate.common_dtype(func, x=x)
+    n_threads = _threads.resolve(num_threads, func)
+    out = _validate.check_out(out, x.shape, dtype, func)
+    # In place on the same contiguous buffer is safe for an element-wise kernel.
+    in_place = out is not None and out is x and x.flags.c_contiguous
+    src = np.ascontiguousarray(x, dtype=dtype)
+    target = out if in_place else _validate.kernel_target(out, x.shape, dtype, x)
+    threads = _threads.for_work(n_threads, src.size, _RELU_MIN_PER_THREAD)
+    _relu.relu(src.reshape(-1), target.reshape(-1), threads)
+    return _validate.deliver(target, out)

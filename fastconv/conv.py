@@ -1,0 +1,214 @@
+"""2-D convolution: the public ``conv2d``."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Tuple, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _threads, _validate
+from ._kernels import _conv, _im2col
+
+__all__ = ["conv2d"]
+
+IntPair = Union[int, Tuple[int, int]]
+PaddingArg = Union[int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]], str]
+
+# Upper bound on the im2col scratch matrix of one call. The column matrix is built and
+# multiplied tile by tile, so memory stays bounded whatever the batch size.
+IM2COL_TILE_BYTES = 8 * 2**20
+
+# "auto" picks im2col + GEMM when the GEMM is big enough for BLAS to pay off: a reduction length
+# (C_in/groups * KH * KW) and an output-channel count per group both of at least these sizes.
+# Below that (depthwise, single-channel filters, LeNet's first layer) the direct kernel wins.
+AUTO_MIN_REDUCTION = 32
+AUTO_MIN_CHANNELS = 8
+
+
+def conv2d(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: Optional[ArrayLike] = None,
+    stride: IntPair = 1,
+    padding: PaddingArg = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    layout: Literal["NCHW", "NHWC"] = "NCHW",
+    activation: Optional[Literal["relu"]] = None,
+    algorithm: Literal["auto", "direct", "im2col"] = "auto",
+    out: Optional[np.ndarray] = None,
+    num_threads: Optional[int] = None,
+) -> np.ndarray:
+    """2-D convolution (cross-correlation, no kernel flip), as in PyTorch and TensorFlow.
+
+    Parameters
+    ----------
+    x : array_like
+        Input. ``layout="NCHW"``: (N, C_in, H, W) or one image (C_in, H, W).
+        ``layout="NHWC"``: (N, H, W, C_in) or (H, W, C_in). A 2-D (H, W) x with a 2-D
+        (KH, KW) weight filters a single-channel image and returns a 2-D array.
+    weight : array_like
+        ``NCHW``: (C_out, C_in/groups, KH, KW) (PyTorch OIHW). ``NHWC``:
+        (KH, KW, C_in/groups, C_out) (TensorFlow HWIO).
+    bias : array_like of shape (C_out,), optional
+        Added to every output pixel of each channel; cast to the compute dtype.
+    stride, dilation : int or (int, int)
+        Positive.
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same"
+        Zero padding: the same on all sides, (ph, pw) per axis, explicit
+        ((top, bottom), (left, right)), none, or TensorFlow 'SAME' for any stride and dilation
+        (``out = ceil(in / stride)``, the odd cell at the bottom/right). Case-insensitive.
+    groups : int
+        C_in and C_out must both be divisible by it; ``groups == C_in`` is depthwise.
+    layout : {"NCHW", "NHWC"}
+        Layout of x, weight (see above) and the result.
+    activation : {None, "relu"}
+        ``"relu"`` is fused into the kernel: no extra pass over memory.
+    algorithm : {"auto", "direct", "im2col"}
+        ``"direct"`` loops over the window; ``"im2col"`` builds the column matrix tile by tile
+        and multiplies with NumPy's BLAS; ``"auto"`` uses im2col when
+        ``C_in/groups*KH*KW >= 32`` and ``C_out/groups >= 8``, direct otherwise. All give the
+        same answers up to rounding.
+    out : ndarray, optional
+        Written in place and returned; must have the exact result shape and dtype.
+    num_threads : int, optional
+        Upper limit on threads; ``None`` uses :func:`fastconv.get_num_threads`. The GEMM of the
+        im2col path runs on NumPy's BLAS threads, which this does not control.
+
+    Returns
+    -------
+    ndarray
+        (N, C_out, OH, OW) for NCHW or (N, OH, OW, C_out) for NHWC (no N for one image), with
+        ``OH = floor((H + pad_top + pad_bottom - dilation*(KH-1) - 1) / stride) + 1``.
+        float32 when x and weight are both float32 (or float16), float64 otherwise.
+
+    Raises
+    ------
+    TypeError
+        Complex, object or string dtypes; non-integer sizes; ``out`` of the wrong dtype.
+    ValueError
+        Wrong ranks, channel/group mismatches, a bias of the wrong shape, a kernel larger than
+        the padded input, non-positive stride/dilation/groups, negative padding, an unknown
+        string option, an ``out`` of the wrong shape, sizes too large to index.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import conv2d
+    >>> image = np.array([[1, 2, 1, 0], [0, 1, 3, 2], [2, 1, 0, 1], [1, 0, 1, 2]])
+    >>> conv2d(image, np.array([[1, 0, -1]] * 3))
+    array([[ 0., -4.],
+           [ 1., -1.]])
+    >>> x = np.ones((2, 3, 8, 8), dtype=np.float32)
+    >>> w = np.ones((4, 3, 3, 3), dtype=np.float32)
+    >>> conv2d(x, w, padding="same").shape
+    (2, 4, 8, 8)
+    >>> conv2d(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), stride=2, layout="NHWC").shape
+    (2, 3, 3, 4)
+    """
+    func = "conv2d"
+    args = _validate.conv_args(
+        x, weight, bias, stride, padding, dilation, groups, layout, activation, func
+    )
+    algorithm = _validate.normalize_choice(algorithm, _validate.ALGORITHMS, "algorithm", func)
+    n_threads = _threads.resolve(num_threads, func)
+    shape4 = args.out_shape4
+    out = _validate.check_out(
+        out, _validate.final_shape(args.restore, shape4), args.dtype, func
+    )
+    if algorithm == "auto":
+        algorithm = choose_algorithm(args)
+
+    xc = np.ascontiguousarray(args.x)
+    wc = np.ascontiguousarray(args.weight)
+    bc = (np.ascontiguousarray(args.bias) if args.bias is not None
+          else np.empty(0, dtype=args.dtype))
+    target = _validate.kernel_target(out, shape4, args.dtype, args.x, args.weight,
+                                     *(() if args.bias is None else (args.bias,)))
+    target4 = target.reshape(shape4)
+    if algorithm == "direct":
+        _conv_direct(xc, wc, bc, target4, args, n_threads)
+    else:
+        _conv_im2col(xc, wc, bc, target4, args, n_threads)
+    return _validate.deliver(args.restore(target4), out)
+
+
+def choose_algorithm(args: _validate.ConvArgs) -> str:
+    """The ``"auto"`` heuristic (see :func:`conv2d`)."""
+    g = args.geometry
+    reduction = (g.c // args.groups) * g.kernel_h * g.kernel_w
+    if reduction >= AUTO_MIN_REDUCTION and args.c_out // args.groups >= AUTO_MIN_CHANNELS:
+        return "im2col"
+    return "direct"
+
+
+def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    g = args.geometry
+    kernel = _conv.conv2d_direct_nchw if args.layout == "NCHW" else _conv.conv2d_direct_nhwc
+    rows = g.n * g.out_h * (args.c_out if args.layout == "NCHW" else 1)
+    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    threads = min(_threads.for_work(n_threads, macs), max(rows, 1))
+    kernel(x, w, bias, out4, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
+           g.pad_top, g.pad_left, args.groups, args.activation == "relu", threads)
+
+
+def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    """im2col + GEMM, tile by tile, with the bias/ReLU epilogue applied to each finished tile."""
+    g = args.geometry
+    if g.n == 0:
+        return
+    groups, c_out, nchw = args.groups, args.c_out, args.layout == "NCHW"
+    cig, cog = g.c // groups, c_out // groups
+    k = cig * g.kernel_h * g.kernel_w
+    pixels = g.out_pixels
+    tile_rows = max(1, IM2COL_TILE_BYTES // (k * args.dtype.itemsize))
+    relu = args.activation == "relu"
+    im2col = _im2col.im2col_nchw if nchw else _im2col.im2col_nhwc
+    geometry = (g.kernel_h, g.kernel_w, g.out_h, g.out_w, g.stride_h, g.stride_w,
+                g.dilation_h, g.dilation_w, g.pad_top, g.pad_left)
+    # Per-group GEMM operands: NCHW weight rows (ci, kh, kw) match the column order; an HWIO
+    # weight reshapes to (kh, kw, ci) x C_out, which matches the NHWC column order.
+    if nchw:
+        w_groups = [w.reshape(c_out, k)[i * cog:(i + 1) * cog] for i in range(groups)]
+    else:
+        w_groups = [np.ascontiguousarray(w[..., i * cog:(i + 1) * cog]).reshape(k, cog)
+                    for i in range(groups)]
+    buffer = np.empty(min(tile_rows, g.n * pixels) * k, dtype=args.dtype)
+    im2col_threads = lambda rows: min(_threads.for_work(n_threads, rows * k), rows)
+
+    def fill(cols, q0, group):
+        im2col(x, cols, q0, group * cig, *geometry, im2col_threads(cols.shape[0]))
+
+    if nchw:
+        out3 = out4.reshape(g.n, c_out, pixels)
+        if pixels <= tile_rows:       # whole images per tile: one batched GEMM per group
+            per_tile = tile_rows // pixels
+            tiles = [(n0, min(n0 + per_tile, g.n), 0, pixels) for n0 in range(0, g.n, per_tile)]
+        else:                         # one image is larger than a tile: split its pixels
+            tiles = [(n, n + 1, p0, min(p0 + tile_rows, pixels))
+                     for n in range(g.n) for p0 in range(0, pixels, tile_rows)]
+        for n0, n1, p0, p1 in tiles:
+            rows = (n1 - n0) * (p1 - p0)
+            cols = buffer[: rows * k].reshape(rows, k)
+            dest = out3[n0:n1, :, p0:p1]
+            for i in range(groups):
+                fill(cols, n0 * pixels + p0, i)
+                np.matmul(w_groups[i], cols.reshape(n1 - n0, p1 - p0, k).transpose(0, 2, 1),
+                          out=dest[:, i * cog:(i + 1) * cog])
+            _conv.add_bias_relu(dest, bias, 1, relu, im2col_threads(rows))
+    else:
+        out2 = out4.reshape(g.n * pixels, c_out)
+        total = g.n * pixels
+        for q0 in range(0, total, tile_rows):
+            q1 = min(q0 + tile_rows, total)
+            cols = buffer[: (q1 - q0) * k].reshape(q1 - q0, k)
+            dest = out2[q0:q1]
+            for i in range(groups):
+                fill(cols, q0, i)
+                if groups == 1:
+                    np.matmul(cols, w_groups[0], out=dest)
+                else:
+                    dest[:, i * cog:(i + 1) * cog] = cols @ w_groups[i]
+            _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, im2col_threads(q1 - q0))
