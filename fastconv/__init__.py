@@ -21,7 +21,7 @@ from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .activation import relu
 from .conv import conv2d
-from .im2col import col2im, im2col
+from .unfold import col2im, im2col
 from .pooling import avg_pool2d, max_pool2d
 
 __all__ = [

@@ -7,10 +7,10 @@ run on. Without OpenMP every kernel runs on one thread whatever is asked.
 
 from __future__ import annotations
 
-import operator
 import os
 from typing import Optional
 
+from . import _validate
 from ._kernels import _openmp
 
 # Work items (output rows, pixels, elements) below which starting a thread team costs more than
@@ -35,18 +35,6 @@ def default_num_threads() -> int:
     return _cores()
 
 
-def _check_count(n, func: str) -> int:
-    if isinstance(n, bool):
-        raise TypeError(f"{func}: num_threads must be a positive int or None, got {n!r}")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{func}: num_threads must be a positive int or None, got {n!r}") from None
-    if n < 1:
-        raise ValueError(f"{func}: num_threads must be a positive int or None, got {n}")
-    return n
-
-
 def set_num_threads(n: Optional[int]) -> None:
     """Set the default thread count of every op; ``None`` restores the default.
 
@@ -65,7 +53,7 @@ def set_num_threads(n: Optional[int]) -> None:
     >>> fastconv.set_num_threads(None)
     """
     global _setting
-    _setting = None if n is None else _check_count(n, "set_num_threads")
+    _setting = _validate.check_num_threads(n, "set_num_threads")
 
 
 def get_num_threads() -> int:
@@ -82,9 +70,8 @@ def get_num_threads() -> int:
 
 def resolve(num_threads: Optional[int], func: str) -> int:
     """Validate an op's ``num_threads`` argument and return the requested thread count."""
-    if num_threads is None:
-        return get_num_threads()
-    return _check_count(num_threads, func)
+    n = _validate.check_num_threads(num_threads, func)
+    return get_num_threads() if n is None else n
 
 
 def for_work(n_threads: int, work_items: int, min_per_thread: int = MIN_WORK_PER_THREAD) -> int:

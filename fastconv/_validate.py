@@ -25,6 +25,10 @@ MAX_GEOMETRY = 2**31 - 1
 
 _INTP_MAX = int(np.iinfo(np.intp).max)
 
+# For np.errstate: inf and NaN inputs give inf and NaN outputs silently, in the kernels, in
+# NumPy's GEMM and in the reference alike (NumPy's warnings would be errors under -W error).
+IEEE_SILENT = {"over": "ignore", "invalid": "ignore"}
+
 Pair = Tuple[int, int]
 Padding2 = Tuple[Pair, Pair]
 
@@ -87,7 +91,7 @@ def _as_int(value: Any, name: str, func: str) -> int:
 
 def as_pair(value: Any, name: str, func: str, minimum: int = 1) -> Pair:
     """Normalise an int or a pair of ints to ``(h, w)``, each in ``[minimum, MAX_GEOMETRY]``."""
-    if isinstance(value, (tuple, list, np.ndarray)):
+    if isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim):
         items = list(value)
         if len(items) != 2:
             raise ValueError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
@@ -117,6 +121,23 @@ def normalize_choice(value: Any, choices, name: str, func: str, upper: bool = Fa
 
 def normalize_layout(layout: Any, func: str) -> str:
     return normalize_choice(layout, LAYOUTS, "layout", func, upper=True)
+
+
+def check_num_threads(num_threads: Any, func: str) -> Optional[int]:
+    """Validate a ``num_threads`` argument: ``None`` or a positive int."""
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, (bool, np.bool_)):
+        raise TypeError(f"{func}: num_threads must be a positive int or None, got {num_threads!r}")
+    try:
+        n = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(
+            f"{func}: num_threads must be a positive int or None, got {num_threads!r}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"{func}: num_threads must be a positive int or None, got {n}")
+    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +198,7 @@ def resolve_padding(
         return tuple(  # type: ignore[return-value]
             same_padding(i, k, s, d) for i, k, s, d in zip(in_hw, kernel_hw, stride_hw, dilation_hw)
         )
-    if isinstance(padding, (tuple, list, np.ndarray)):
+    if isinstance(padding, (tuple, list)) or (isinstance(padding, np.ndarray) and padding.ndim):
         items = list(padding)
         if len(items) == 2 and all(isinstance(p, (tuple, list, np.ndarray)) for p in items):
             pads = []
@@ -210,8 +231,11 @@ def resolve_padding(
 
 
 def check_size(shape: Tuple[int, ...], itemsize: int, what: str, func: str) -> None:
-    """Refuse arrays whose byte size would overflow the platform's ``intp``."""
-    total = math.prod(int(s) for s in shape) * itemsize
+    """Refuse arrays whose byte size would overflow the platform's ``intp``.
+
+    Zero-length axes count as 1, so an empty batch is refused when one sample would be.
+    """
+    total = math.prod(max(int(s), 1) for s in shape) * itemsize
     if total > _INTP_MAX:
         raise ValueError(
             f"{func}: {what} of shape {tuple(shape)} would need {total} bytes, "
@@ -274,6 +298,11 @@ def make_geometry(
         n, c, h, w = shape4
     else:
         n, h, w, c = shape4
+    if h < 1 or w < 1:
+        # A window would hold no real cell; PyTorch refuses this too.
+        raise ValueError(
+            f"{func}: the spatial axes must be non-empty, got H={h}, W={w} ({x_desc.rstrip(', ')})"
+        )
     stride_hw = as_pair(stride, "stride", func)
     dilation_hw = as_pair(dilation, "dilation", func)
     (pt, pb), (pl, pr) = resolve_padding(padding, (h, w), kernel_hw, stride_hw, dilation_hw, func)

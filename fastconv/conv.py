@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Optional, Tuple, Union
 
 import numpy as np
@@ -53,7 +54,9 @@ def conv2d(
         ``NCHW``: (C_out, C_in/groups, KH, KW) (PyTorch OIHW). ``NHWC``:
         (KH, KW, C_in/groups, C_out) (TensorFlow HWIO).
     bias : array_like of shape (C_out,), optional
-        Added to every output pixel of each channel; cast to the compute dtype.
+        Added to every output pixel of each channel. It does not take part in dtype
+        promotion: it is cast to the dtype of x and weight (a float64 bias with float32 x and
+        weight is rounded to float32).
     stride, dilation : int or (int, int)
         Positive.
     padding : int, (int, int), ((int, int), (int, int)), "valid" or "same"
@@ -99,8 +102,8 @@ def conv2d(
     >>> from fastconv import conv2d
     >>> image = np.array([[1, 2, 1, 0], [0, 1, 3, 2], [2, 1, 0, 1], [1, 0, 1, 2]])
     >>> conv2d(image, np.array([[1, 0, -1]] * 3))
-    array([[ 0., -4.],
-           [ 1., -1.]])
+    array([[-1.,  1.],
+           [-1., -3.]])
     >>> x = np.ones((2, 3, 8, 8), dtype=np.float32)
     >>> w = np.ones((4, 3, 3, 3), dtype=np.float32)
     >>> conv2d(x, w, padding="same").shape
@@ -146,6 +149,16 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
 
 def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
     g = args.geometry
+    pads = (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
+    if any(pads) and not np.isfinite(w).all():
+        # The kernel skips taps that fall on padding, which is exact for finite weights. An inf
+        # or NaN weight times a padding zero is NaN, so then pad explicitly and let it multiply.
+        spatial = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
+        x = np.pad(x, ((0, 0), (0, 0)) + spatial if args.layout == "NCHW"
+                   else ((0, 0),) + spatial + ((0, 0),))
+        g = dataclasses.replace(g, h=x.shape[-2 if args.layout == "NCHW" else 1],
+                                w=x.shape[-1 if args.layout == "NCHW" else 2],
+                                pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
     kernel = _conv.conv2d_direct_nchw if args.layout == "NCHW" else _conv.conv2d_direct_nhwc
     rows = g.n * g.out_h * (args.c_out if args.layout == "NCHW" else 1)
     macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
@@ -195,8 +208,9 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
             dest = out3[n0:n1, :, p0:p1]
             for i in range(groups):
                 fill(cols, n0 * pixels + p0, i)
-                np.matmul(w_groups[i], cols.reshape(n1 - n0, p1 - p0, k).transpose(0, 2, 1),
-                          out=dest[:, i * cog:(i + 1) * cog])
+                with np.errstate(**_validate.IEEE_SILENT):
+                        np.matmul(w_groups[i], cols.reshape(n1 - n0, p1 - p0, k).transpose(0, 2, 1),
+                              out=dest[:, i * cog:(i + 1) * cog])
             _conv.add_bias_relu(dest, bias, 1, relu, im2col_threads(rows))
     else:
         out2 = out4.reshape(g.n * pixels, c_out)
@@ -207,8 +221,9 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
             dest = out2[q0:q1]
             for i in range(groups):
                 fill(cols, q0, i)
-                if groups == 1:
-                    np.matmul(cols, w_groups[0], out=dest)
-                else:
-                    dest[:, i * cog:(i + 1) * cog] = cols @ w_groups[i]
+                with np.errstate(**_validate.IEEE_SILENT):
+                    if groups == 1:
+                        np.matmul(cols, w_groups[0], out=dest)
+                    else:
+                        dest[:, i * cog:(i + 1) * cog] = cols @ w_groups[i]
             _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, im2col_threads(q1 - q0))

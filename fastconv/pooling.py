@@ -72,9 +72,10 @@ def max_pool2d(
 
     Notes
     -----
-    A window containing NaN gives NaN (its index is the first NaN's). Otherwise the first
-    maximum in row-major window order wins ties; an index always points at a real input cell,
-    never at padding.
+    A window containing NaN gives NaN, and its index is the first NaN's (PyTorch's CPU kernel
+    reports the last NaN of the window instead; the values agree). Otherwise the first maximum
+    in row-major window order wins ties, as in PyTorch; an index always points at a real input
+    cell, never at padding (a window of -inf points at its first real cell).
 
     Examples
     --------
@@ -96,6 +97,8 @@ def max_pool2d(
     shape4 = args.out_shape4
     out = _validate.check_out(out, _validate.final_shape(args.restore, shape4), args.dtype, func)
     g = args.geometry
+    if return_indices:
+        _validate.check_size(shape4, np.dtype(np.int64).itemsize, "the indices", func)
     target4 = _validate.kernel_target(out, shape4, args.dtype, args.x).reshape(shape4)
     indices4 = np.empty(shape4 if return_indices else (0, 0, 0, 0), dtype=np.int64)
     kernel = _pool.max_pool_nchw if args.layout == "NCHW" else _pool.max_pool_nhwc

@@ -13,7 +13,7 @@ Conventions shared by every op:
   strided slice of the padded array (see :func:`_taps`).
 * Results have the compute dtype chosen by :mod:`fastconv._validate`, are C-contiguous and have
   the caller's rank. ``out=`` is validated with :func:`fastconv._validate.check_out`.
-* ``algorithm`` and ``num_threads`` are accepted for signature compatibility and ignored.
+* ``algorithm`` and ``num_threads`` are validated like the fast op's, then ignored.
 """
 
 from __future__ import annotations
@@ -23,16 +23,23 @@ from typing import Any, Iterator, Optional, Tuple, Union
 import numpy as np
 
 from fastconv._validate import (
+    ConvArgs,
     Geometry,
+    PoolArgs,
     as_array,
+    ALGORITHMS,
+    IEEE_SILENT,
     avg_divisor,
+    check_num_threads,
     check_out,
     col2im_args,
     cols_shape,
     common_dtype,
     conv_args,
     deliver,
+    final_shape,
     im2col_args,
+    normalize_choice,
     pool_args,
 )
 
@@ -53,8 +60,8 @@ def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(y if layout == "NCHW" else y.transpose(0, 2, 3, 1))
 
 
-def _to_caller(y: np.ndarray, args: Any) -> np.ndarray:
-    """The NCHW result ``y`` in the caller's layout and rank (``args``: ConvArgs or PoolArgs)."""
+def _to_caller(y: np.ndarray, args: Union[ConvArgs, PoolArgs]) -> np.ndarray:
+    """The NCHW result ``y`` in the caller's layout and rank."""
     return args.restore(_from_nchw(y, args.layout))  # dropping size-1 axes keeps it contiguous
 
 
@@ -124,7 +131,7 @@ def conv2d(
     x, weight, bias, stride, padding, dilation, groups, layout, activation, out
         As for :func:`fastconv.conv2d`.
     algorithm, num_threads
-        Accepted for signature compatibility with :func:`fastconv.conv2d` and ignored.
+        Validated like :func:`fastconv.conv2d`'s, then ignored.
 
     Returns
     -------
@@ -141,6 +148,9 @@ def conv2d(
            [-1., -3.]])
     """
     args = conv_args(x, weight, bias, stride, padding, dilation, groups, layout, activation)
+    normalize_choice(algorithm, ALGORITHMS, "algorithm", "conv2d")
+    check_num_threads(num_threads, "conv2d")
+    check_out(out, final_shape(args.restore, args.out_shape4), args.dtype, "conv2d")
     g, groups = args.geometry, args.groups
     # Split channels into groups: x as (N, G, C_in/G, H, W), weight as (G, C_out/G, C_in/G, KH, KW).
     weight_oihw = args.weight if args.layout == "NCHW" else args.weight.transpose(3, 2, 0, 1)
@@ -149,20 +159,21 @@ def conv2d(
     wg = weight_oihw.reshape(groups, args.c_out // groups, *weight_oihw.shape[1:])
 
     y = np.zeros((g.n, groups, args.c_out // groups, g.out_h, g.out_w), dtype=args.dtype)
-    for kh, kw, hs, ws in _taps(g):
-        y += np.einsum("ngchw,goc->ngohw", xg[..., hs, ws], wg[..., kh, kw])
-    y = y.reshape(g.n, args.c_out, g.out_h, g.out_w)
-    if args.bias is not None:
-        y += args.bias[:, np.newaxis, np.newaxis]
+    with np.errstate(**IEEE_SILENT):
+        for kh, kw, hs, ws in _taps(g):
+            y += np.einsum("ngchw,goc->ngohw", xg[..., hs, ws], wg[..., kh, kw])
+        y = y.reshape(g.n, args.c_out, g.out_h, g.out_w)
+        if args.bias is not None:
+            y += args.bias[:, np.newaxis, np.newaxis]
     if args.activation == "relu":
         np.maximum(y, 0, out=y)  # NaN stays NaN
 
-    result = _to_caller(y, args)
-    check_out(out, result.shape, args.dtype, "conv2d")
-    return deliver(result, out)
+    return deliver(_to_caller(y, args), out)
 
 
-def relu(x: Any, *, out: Optional[np.ndarray] = None, num_threads: Optional[int] = None) -> np.ndarray:
+def relu(
+    x: Any, *, out: Optional[np.ndarray] = None, num_threads: Optional[int] = None
+) -> np.ndarray:
     """Slow, auditable NumPy reference for :func:`fastconv.relu`.
 
     ``max(x, 0)`` elementwise; NaN stays NaN. Any rank, including 0-d.
@@ -172,7 +183,7 @@ def relu(x: Any, *, out: Optional[np.ndarray] = None, num_threads: Optional[int]
     x, out
         As for :func:`fastconv.relu`; ``out`` may be ``x`` itself.
     num_threads
-        Accepted for signature compatibility with :func:`fastconv.relu` and ignored.
+        Validated like :func:`fastconv.relu`'s, then ignored.
 
     Returns
     -------
@@ -187,10 +198,11 @@ def relu(x: Any, *, out: Optional[np.ndarray] = None, num_threads: Optional[int]
     array([0. , 0.5, 2. , nan])
     """
     arr = as_array(x, "x", "relu")
+    check_num_threads(num_threads, "relu")
     dtype = common_dtype("relu", x=arr)
+    check_out(out, arr.shape, dtype, "relu")
     # np.asarray rather than ascontiguousarray: the latter turns a 0-d result into 1-d.
     result = np.asarray(np.maximum(arr.astype(dtype, copy=False), 0), order="C")
-    check_out(out, result.shape, dtype, "relu")
     return deliver(result, out)
 
 
@@ -218,7 +230,7 @@ def max_pool2d(
     x, kernel_size, stride, padding, layout, ceil_mode, return_indices, out
         As for :func:`fastconv.max_pool2d`; ``out`` receives the values only.
     num_threads
-        Accepted for signature compatibility with :func:`fastconv.max_pool2d` and ignored.
+        Validated like :func:`fastconv.max_pool2d`'s, then ignored.
 
     Returns
     -------
@@ -240,13 +252,13 @@ def max_pool2d(
            [5., 7.]])
     """
     args = pool_args(x, kernel_size, stride, padding, layout, ceil_mode, "max_pool2d")
+    check_num_threads(num_threads, "max_pool2d")
+    check_out(out, final_shape(args.restore, args.out_shape4), args.dtype, "max_pool2d")
     g = args.geometry
     windows = _windows(_pad(_to_nchw(args.x, args.layout), g, -np.inf), g)
     values = windows.max(axis=-1)  # propagates NaN
 
-    result = _to_caller(values, args)
-    check_out(out, result.shape, args.dtype, "max_pool2d")
-    result = deliver(result, out)
+    result = deliver(_to_caller(values, args), out)
     if not return_indices:
         return result
 
@@ -283,7 +295,7 @@ def avg_pool2d(
     x, kernel_size, stride, padding, layout, ceil_mode, count_include_pad, divisor_override, out
         As for :func:`fastconv.avg_pool2d`.
     num_threads
-        Accepted for signature compatibility with :func:`fastconv.avg_pool2d` and ignored.
+        Validated like :func:`fastconv.avg_pool2d`'s, then ignored.
 
     Returns
     -------
@@ -303,10 +315,10 @@ def avg_pool2d(
            [4. , 5.5]])
     """
     args = pool_args(x, kernel_size, stride, padding, layout, ceil_mode, "avg_pool2d")
+    check_num_threads(num_threads, "avg_pool2d")
     divisor = avg_divisor(divisor_override, "avg_pool2d")
+    check_out(out, final_shape(args.restore, args.out_shape4), args.dtype, "avg_pool2d")
     g = args.geometry
-    sums = _windows(_pad(_to_nchw(args.x, args.layout), g, 0), g).sum(axis=-1)
-
     if divisor:
         counts = divisor
     else:
@@ -316,9 +328,10 @@ def avg_pool2d(
         inside[:, g.pad_left + g.w + g.pad_right:] = 0
         counts = _windows(inside, g).sum(axis=-1)
 
-    result = _to_caller(sums / counts, args)
-    check_out(out, result.shape, args.dtype, "avg_pool2d")
-    return deliver(result, out)
+    with np.errstate(**IEEE_SILENT):
+        sums = _windows(_pad(_to_nchw(args.x, args.layout), g, 0), g).sum(axis=-1)
+        averages = sums / counts
+    return deliver(_to_caller(averages, args), out)
 
 
 def im2col(
@@ -329,6 +342,7 @@ def im2col(
     dilation: Any = 1,
     *,
     layout: str = "NCHW",
+    num_threads: Optional[int] = None,
 ) -> np.ndarray:
     """Slow, auditable NumPy reference for :func:`fastconv.im2col`.
 
@@ -339,6 +353,8 @@ def im2col(
     ----------
     x, kernel_size, stride, padding, dilation, layout
         As for :func:`fastconv.im2col`; ``x`` is 4-D.
+    num_threads
+        Validated like :func:`fastconv.im2col`'s, then ignored.
 
     Returns
     -------
@@ -356,6 +372,7 @@ def im2col(
            [4., 5., 7., 8.]])
     """
     x4, g, layout = im2col_args(x, kernel_size, stride, padding, dilation, layout)
+    check_num_threads(num_threads, "im2col")
     windows = _windows(_pad(_to_nchw(x4, layout), g, 0), g)  # (N, C, OH, OW, KH*KW)
     order = (0, 2, 3, 1, 4) if layout == "NCHW" else (0, 2, 3, 4, 1)
     return np.ascontiguousarray(windows.transpose(order)).reshape(cols_shape(g))
@@ -370,6 +387,7 @@ def col2im(
     dilation: Any = 1,
     *,
     layout: str = "NCHW",
+    num_threads: Optional[int] = None,
 ) -> np.ndarray:
     """Slow, auditable NumPy reference for :func:`fastconv.col2im`.
 
@@ -380,6 +398,8 @@ def col2im(
     ----------
     cols, input_shape, kernel_size, stride, padding, dilation, layout
         As for :func:`fastconv.col2im`; ``input_shape`` is 4-D, in ``layout``.
+    num_threads
+        Validated like :func:`fastconv.col2im`'s, then ignored.
 
     Returns
     -------
@@ -396,6 +416,7 @@ def col2im(
              [1., 2., 1.]]]])
     """
     cols, g, layout = col2im_args(cols, input_shape, kernel_size, stride, padding, dilation, layout)
+    check_num_threads(num_threads, "col2im")
     # Undo im2col's row and column order, giving (N, C, KH, KW, OH, OW).
     if layout == "NCHW":
         x6 = cols.reshape(g.n, g.out_h, g.out_w, g.c, g.kernel_h, g.kernel_w)
@@ -405,8 +426,9 @@ def col2im(
         x6 = x6.transpose(0, 5, 3, 4, 1, 2)
 
     padded = _pad(np.zeros((g.n, g.c, g.h, g.w), dtype=cols.dtype), g, 0)
-    for kh, kw, hs, ws in _taps(g):
-        # Within one tap every output pixel reads a distinct cell, so slice += is exact.
-        padded[..., hs, ws] += x6[:, :, kh, kw]
+    with np.errstate(**IEEE_SILENT):
+        for kh, kw, hs, ws in _taps(g):
+            # Within one tap every output pixel reads a distinct cell, so slice += is exact.
+            padded[..., hs, ws] += x6[:, :, kh, kw]
     x = padded[..., g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w]
     return _from_nchw(x, layout)

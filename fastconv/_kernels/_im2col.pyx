@@ -85,14 +85,18 @@ def im2col_nhwc(
                         memset(dst, 0, c_count * sizeof(floating))
 
 
-cdef inline bint _source(Py_ssize_t i, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t dilation,
-                         Py_ssize_t pad, Py_ssize_t n_out, Py_ssize_t* o) noexcept nogil:
-    """Does input position i receive window cell k of some output o (and which)?"""
+cdef inline Py_ssize_t _source(Py_ssize_t i, Py_ssize_t k, Py_ssize_t stride,
+                               Py_ssize_t dilation, Py_ssize_t pad,
+                               Py_ssize_t n_out) noexcept nogil:
+    """The output position whose window cell k covers input position i, or -1 if none.
+
+    Returned rather than written through a pointer so that prange sees the caller's variable
+    assigned, and makes it thread-private.
+    """
     cdef Py_ssize_t t = i + pad - k * dilation
-    if t < 0 or t % stride != 0:
-        return False
-    o[0] = t // stride
-    return o[0] < n_out
+    if t < 0 or t % stride != 0 or t // stride >= n_out:
+        return -1
+    return t // stride
 
 
 def col2im_nchw(
@@ -123,10 +127,12 @@ def col2im_nchw(
             for iw in range(W):
                 acc = 0
                 for kh in range(KH):
-                    if not _source(ih, kh, stride_h, dilation_h, pad_top, OH, &oh):
+                    oh = _source(ih, kh, stride_h, dilation_h, pad_top, OH)
+                    if oh < 0:
                         continue
                     for kw in range(KW):
-                        if _source(iw, kw, stride_w, dilation_w, pad_left, OW, &ow):
+                        ow = _source(iw, kw, stride_w, dilation_w, pad_left, OW)
+                        if ow >= 0:
                             acc = acc + cp[(n * OH * OW + oh * OW + ow) * K
                                            + (c * KH + kh) * KW + kw]
                 xp[r * W + iw] = acc
@@ -158,10 +164,12 @@ def col2im_nhwc(
                 for c in range(C):
                     dst[c] = 0
                 for kh in range(KH):
-                    if not _source(ih, kh, stride_h, dilation_h, pad_top, OH, &oh):
+                    oh = _source(ih, kh, stride_h, dilation_h, pad_top, OH)
+                    if oh < 0:
                         continue
                     for kw in range(KW):
-                        if _source(iw, kw, stride_w, dilation_w, pad_left, OW, &ow):
+                        ow = _source(iw, kw, stride_w, dilation_w, pad_left, OW)
+                        if ow >= 0:
                             src = cp + (n * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * C
                             for c in range(C):
                                 dst[c] += src[c]

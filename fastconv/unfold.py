@@ -1,4 +1,4 @@
-"""The im2col transform and its adjoint col2im: the public ``im2col`` and ``col2im``."""
+"""The im2col transform and its adjoint col2im (PyTorch calls them unfold and fold)."""
 
 from __future__ import annotations
 

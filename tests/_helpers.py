@@ -1,0 +1,76 @@
+"""Helpers shared by the test modules: tolerances, memory-layout variants, layout conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = (np.float32, np.float64)
+LAYOUTS = ("NCHW", "NHWC")
+
+try:
+    import torch  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:  # torch is an optional oracle
+    HAVE_TORCH = False
+
+TORCH_REASON = "PyTorch is not installed (optional oracle: pip install torch==2.13.0)"
+
+
+def tolerance(dtype, reduction_length: int = 1):
+    """(rtol, atol) for comparing two summation orders of ``reduction_length`` terms.
+
+    float32 rounding error of a sum grows with the number of terms, so its tolerance scales
+    with the reduction length; float64 stays tight.
+    """
+    eps = float(np.finfo(dtype).eps)
+    scale = max(1, reduction_length)
+    if np.dtype(dtype) == np.float32:
+        return 8 * eps * np.sqrt(scale) * 4, 8 * eps * scale
+    return 64 * eps * scale, 64 * eps * scale
+
+
+def assert_close(actual, expected, dtype=None, reduction_length=1, err_msg=""):
+    """dtype-aware ``assert_allclose`` that also checks dtype and shape, and NaN positions."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    dtype = np.dtype(dtype or expected.dtype)
+    assert actual.dtype == dtype, f"dtype {actual.dtype} != {dtype} {err_msg}"
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape} {err_msg}"
+    rtol, atol = tolerance(dtype, reduction_length)
+    # atol is relative to the magnitude of the data so large-valued inputs are judged fairly.
+    mag = float(np.nanmax(np.abs(expected[np.isfinite(expected)]), initial=1.0))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * mag, equal_nan=True,
+                               err_msg=err_msg)
+
+
+def array_order(a) -> str:
+    if a.flags.c_contiguous:
+        return "C"
+    if a.flags.f_contiguous:
+        return "F"
+    return "N"
+
+
+def memory_variants(a: np.ndarray):
+    """The same values as ``a`` in other memory layouts: Fortran order, a strided view and a
+    negative-stride view. Each variant compares equal to ``a``."""
+    yield "C", np.ascontiguousarray(a)
+    yield "F", np.asfortranarray(a)
+    big = np.zeros(tuple(2 * s for s in a.shape), dtype=a.dtype)
+    view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    view[...] = a
+    yield "strided", view
+    rev = np.ascontiguousarray(a[tuple(slice(None, None, -1) for _ in a.shape)])
+    yield "negative-stride", rev[tuple(slice(None, None, -1) for _ in a.shape)]
+
+
+def to_nhwc(x):
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+def to_nchw(x):
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+def oihw_to_hwio(w):
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))

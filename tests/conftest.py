@@ -1,0 +1,29 @@
+"""Shared fixtures and the pytest header line that shows which fastconv is under test."""
+
+import os
+
+import hypothesis
+import numpy as np
+import pytest
+
+import fastconv
+
+# Hypothesis: deterministic in CI, bounded time, no deadline (2-core shared machines are noisy).
+hypothesis.settings.register_profile(
+    "fastconv", max_examples=60, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "fastconv"))
+
+
+def pytest_report_header(config):
+    cfg = fastconv.config()
+    return (
+        f"fastconv {cfg['version']} from {os.path.dirname(fastconv.__file__)} "
+        f"(openmp={cfg['openmp']}, num_threads={cfg['num_threads']}, numpy {np.__version__})"
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,341 @@
+"""Cross-cutting API contract: public names, signatures, version, config, threads, doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import importlib.metadata
+import inspect
+import os
+import pkgutil
+import platform
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _threads, reference
+
+OPS = ("conv2d", "relu", "max_pool2d", "avg_pool2d", "im2col", "col2im")
+PUBLIC = set(OPS) | {"set_num_threads", "get_num_threads", "show_config", "config"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_thread_setting():
+    """Every test here may change the process-wide thread count; put it back afterwards."""
+    saved = _threads._setting
+    try:
+        yield
+    finally:
+        fastconv.set_num_threads(saved)
+
+
+# --------------------------------------------------------------------------------------------
+# public names and signatures
+
+
+def test_all_is_exactly_the_public_api():
+    assert len(fastconv.__all__) == len(set(fastconv.__all__))
+    assert set(fastconv.__all__) == PUBLIC | {"reference", "__version__"}
+    for name in fastconv.__all__:
+        assert hasattr(fastconv, name), name
+    assert inspect.ismodule(fastconv.reference)
+    for name in PUBLIC:
+        assert callable(getattr(fastconv, name)), name
+
+
+def test_reference_all_lists_every_op():
+    assert sorted(reference.__all__) == sorted(OPS)
+    for name in OPS:
+        assert callable(getattr(reference, name))
+
+
+def _params(fn):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_signature_matches_reference(name):
+    fast = _params(getattr(fastconv, name))
+    ref = _params(getattr(reference, name))
+    if name in ("im2col", "col2im"):
+        # The fast versions take a keyword-only num_threads; the reference need not.
+        thread_param = ("num_threads", inspect.Parameter.KEYWORD_ONLY, None)
+        assert thread_param in fast
+        fast = [p for p in fast if p != thread_param]
+        ref = [p for p in ref if p != thread_param]
+    assert fast == ref
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_num_threads_is_keyword_only_everywhere(name):
+    params = inspect.signature(getattr(fastconv, name)).parameters
+    assert params["num_threads"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["num_threads"].default is None
+    if "out" in params:
+        assert params["out"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def _valid_call(name):
+    x = np.zeros((1, 2, 4, 4))
+    if name == "conv2d":
+        return (x, np.zeros((3, 2, 3, 3))), {}
+    if name == "relu":
+        return (x,), {}
+    if name in ("max_pool2d", "avg_pool2d"):
+        return (x, 2), {}
+    if name == "im2col":
+        return (x, 2), {}
+    if name == "col2im":
+        return (np.zeros((9, 8)), (1, 2, 4, 4), 2), {}
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("impl", [fastconv, reference], ids=["fast", "reference"])
+@pytest.mark.parametrize("name", OPS)
+def test_unknown_keyword_is_type_error(impl, name):
+    fn = getattr(impl, name)
+    args, kwargs = _valid_call(name)
+    fn(*args, **kwargs)  # the call itself is valid
+    with pytest.raises(TypeError, match="bogus_option"):
+        fn(*args, bogus_option=1, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# version
+
+
+def test_version_is_a_string():
+    assert isinstance(fastconv.__version__, str)
+    assert re.match(r"^\d+\.\d+(\.\d+)?", fastconv.__version__)
+    assert fastconv.config()["version"] == fastconv.__version__
+
+
+def test_version_matches_installed_metadata():
+    try:
+        installed = importlib.metadata.version("fastconv")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fastconv is not installed (importlib.metadata has no distribution for it); "
+                    "testing the source tree")
+    assert fastconv.__version__ == installed
+
+
+def test_version_matches_pyproject():
+    pyproject = REPO_ROOT / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip(f"no pyproject.toml at {pyproject} (tests run outside the source tree)")
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    meta = tomllib.loads(pyproject.read_text())
+    assert meta["project"]["version"] == fastconv.__version__
+
+
+# --------------------------------------------------------------------------------------------
+# config and show_config
+
+CONFIG_TYPES = {
+    "version": str,
+    "openmp": bool,
+    "openmp_max_threads": int,
+    "num_threads": int,
+    "default_num_threads": int,
+    "compiler": str,
+    "compile_args": list,
+    "link_args": list,
+    "numpy_build_version": str,
+    "numpy_runtime_version": str,
+    "cython_version": str,
+    "python_version": str,
+}
+
+
+def test_config_keys_and_types():
+    cfg = fastconv.config()
+    assert set(cfg) == set(CONFIG_TYPES)
+    for key, typ in CONFIG_TYPES.items():
+        assert type(cfg[key]) is typ, (key, cfg[key])
+    for key in ("compile_args", "link_args"):
+        assert all(isinstance(a, str) for a in cfg[key]), cfg[key]
+    assert cfg["openmp_max_threads"] >= 1
+    assert cfg["num_threads"] >= 1 and cfg["default_num_threads"] >= 1
+    assert cfg["numpy_runtime_version"] == np.__version__
+    assert cfg["python_version"] == platform.python_version()
+
+
+def test_config_follows_set_num_threads():
+    fastconv.set_num_threads(1)
+    assert fastconv.config()["num_threads"] == 1
+    fastconv.set_num_threads(3)
+    assert fastconv.config()["num_threads"] == 3
+    fastconv.set_num_threads(None)
+    cfg = fastconv.config()
+    assert cfg["num_threads"] == cfg["default_num_threads"]
+
+
+def test_config_returns_a_fresh_dict():
+    cfg = fastconv.config()
+    cfg["compile_args"].append("--mutated")
+    cfg["version"] = "mutated"
+    again = fastconv.config()
+    assert again["version"] == fastconv.__version__
+    assert "--mutated" not in again["compile_args"]
+
+
+def test_config_reports_the_build():
+    # setup.py's build_ext records the compiler and flags in fastconv/_build_info.py; every
+    # supported build goes through it, so none of these may be left at "unknown".
+    cfg = fastconv.config()
+    assert cfg["compiler"] != "unknown"
+    assert cfg["numpy_build_version"] != "unknown"
+    assert cfg["cython_version"] != "unknown"
+    assert cfg["compile_args"], "no compile flags recorded (optimisation flags expected)"
+    if cfg["openmp"]:
+        assert any("openmp" in a for a in cfg["compile_args"]), cfg["compile_args"]
+
+
+def test_show_config_prints_every_key(capsys):
+    fastconv.show_config()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    cfg = fastconv.config()
+    assert lines[0] == f"fastconv {cfg['version']}"
+    body = {line.split()[0]: line for line in lines[1:]}
+    assert set(body) == set(cfg) - {"version"}
+    for key, value in cfg.items():
+        if key == "version":
+            continue
+        shown = (" ".join(value) or "(none)") if isinstance(value, list) else str(value)
+        assert body[key].rstrip().endswith(shown), (key, body[key])
+        assert body[key].startswith(f"  {key}")
+
+
+def test_openmp_compiled_in():
+    if os.environ.get("FASTCONV_SKIP_OPENMP_TEST") == "1":
+        pytest.skip("FASTCONV_SKIP_OPENMP_TEST=1: this build may be serial (built without "
+                    "OpenMP, e.g. FASTCONV_OPENMP=0 or a compiler without OpenMP support)")
+    cfg = fastconv.config()
+    assert cfg["openmp"] is True, (
+        "fastconv was built without OpenMP; set FASTCONV_SKIP_OPENMP_TEST=1 if that is intended"
+    )
+    assert cfg["openmp_max_threads"] >= 1
+
+
+# --------------------------------------------------------------------------------------------
+# set_num_threads / get_num_threads
+
+
+def test_set_and_get_num_threads():
+    assert fastconv.set_num_threads(1) is None
+    assert fastconv.get_num_threads() == 1
+    fastconv.set_num_threads(2)
+    assert fastconv.get_num_threads() == 2
+    fastconv.set_num_threads(np.int32(3))
+    assert fastconv.get_num_threads() == 3
+    assert type(fastconv.get_num_threads()) is int
+    fastconv.set_num_threads(None)
+    assert fastconv.get_num_threads() == _threads.default_num_threads()
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_set_num_threads_value_error(bad):
+    fastconv.set_num_threads(2)
+    with pytest.raises(ValueError, match=r"set_num_threads: num_threads must be a positive int"):
+        fastconv.set_num_threads(bad)
+    assert fastconv.get_num_threads() == 2  # unchanged by the failed call
+
+
+@pytest.mark.parametrize("bad", ["2", 1.5, True, np.bool_(True), [2]], ids=repr)
+def test_set_num_threads_type_error(bad):
+    fastconv.set_num_threads(2)
+    with pytest.raises(TypeError, match=r"set_num_threads: num_threads must be a positive int"):
+        fastconv.set_num_threads(bad)
+    assert fastconv.get_num_threads() == 2
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ("3", 3), ("5,2", 5), (" 4 ", 4), ("1", 1),
+    ("0", None), ("-2", None), ("abc", None), ("", None), ("2.5", None),
+])
+def test_default_num_threads_honours_omp_num_threads(monkeypatch, env, expected):
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    want = expected if expected is not None else _cores()
+    assert _threads.default_num_threads() == want
+    fastconv.set_num_threads(None)
+    assert fastconv.get_num_threads() == want
+    assert fastconv.config()["default_num_threads"] == want
+    fastconv.set_num_threads(1)  # an explicit setting wins over the environment
+    assert fastconv.get_num_threads() == 1
+
+
+def test_default_num_threads_without_env(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _threads.default_num_threads() == _cores()
+
+
+# --------------------------------------------------------------------------------------------
+# packaging
+
+
+def test_py_typed_is_shipped():
+    marker = Path(fastconv.__file__).parent / "py.typed"
+    assert marker.is_file()
+
+
+def test_py_typed_is_package_data():
+    pyproject = REPO_ROOT / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip(f"no pyproject.toml at {pyproject} (tests run outside the source tree)")
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    meta = tomllib.loads(pyproject.read_text())
+    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["fastconv"]
+
+
+# --------------------------------------------------------------------------------------------
+# doctests
+
+
+def _doctest_modules():
+    """The public modules named in the docs; the module defining im2col/col2im by lookup, since
+    ``fastconv.im2col`` is the function (which shadows a module of the same name)."""
+    names = ["fastconv", "fastconv.conv", "fastconv.pooling", "fastconv.activation",
+             fastconv.im2col.__module__, "fastconv._threads", "fastconv._config",
+             "fastconv.reference"]
+    return list(dict.fromkeys(names))
+
+
+def _run_doctests(module_name, capsys):
+    module = importlib.import_module(module_name)
+    capsys.readouterr()
+    result = doctest.testmod(module, verbose=False, report=True)
+    report = capsys.readouterr().out
+    return result, report
+
+
+@pytest.mark.parametrize("module_name", _doctest_modules())
+def test_doctests(module_name, capsys):
+    result, report = _run_doctests(module_name, capsys)
+    assert result.failed == 0, report
+    assert result.attempted >= 1, f"{module_name} has no doctest examples"
+
+
+def test_doctests_of_every_other_module(capsys):
+    # Modules without examples are fine, but any examples they have must pass.
+    public = set(_doctest_modules())
+    others = [m.name for m in pkgutil.walk_packages(fastconv.__path__, "fastconv.")
+              if m.name not in public and not m.name.endswith("__main__")
+              and not m.name.startswith("fastconv._kernels")]
+    for name in others:
+        result, report = _run_doctests(name, capsys)
+        assert result.failed == 0, f"{name}:\n{report}"
+
+
+def test_im2col_module_is_importable():
+    mod = sys.modules[fastconv.im2col.__module__]
+    assert mod.im2col is fastconv.im2col and mod.col2im is fastconv.col2im
