@@ -1,20 +1,25 @@
 """pytest-benchmark set-up for ``benchmarks/bench_*.py``.
 
-Run with ``pytest benchmarks/``. The project's ``testpaths = ["tests"]`` keeps these files out of
+Run from the repository root with ``python -m pytest benchmarks/`` (``python -m`` puts the
+in-place build on ``sys.path``). The project's ``testpaths = ["tests"]`` keeps these files out of
 a plain ``pytest`` run; when ``benchmarks/`` is given, :func:`pytest_collect_file` below collects
 the ``bench_*.py`` files, which the default ``python_files`` pattern would skip.
 
 Options and environment:
 
 * ``--fc-batch 1,32`` (or ``FASTCONV_BENCH_BATCH=1,32``): comma-separated batch sizes of the
-  conv2d and pooling benchmarks; default ``1``.
-* pytest-benchmark's own options apply (``--benchmark-max-time``, ``--benchmark-json``, ...).
+  conv2d, pooling and ReLU benchmarks; default ``1``.
+* ``--benchmark-max-time`` sets the time spent per case (default 1 s; see :func:`measure`);
+  ``--benchmark-json``, ``--benchmark-disable`` (check results only), ``--benchmark-group-by``
+  and the other reporting options of pytest-benchmark work as usual. Round-count options
+  (``--benchmark-min-rounds``, ``--benchmark-warmup``) do not apply: every case is timed with
+  ``benchmark.pedantic``.
 
 Each benchmark stores its work in ``benchmark.extra_info``: ``flops`` (conv2d) or ``bytes``
 (input + output, for pooling and ReLU). Throughput is that divided by the median time, for example
-GFLOP/s = ``flops / median / 1e9``; the :func:`measure` fixture also stores it as ``gflops`` or
-``gbps`` after the run, so it appears in ``--benchmark-json`` output, and a summary table of
-medians per group is printed at the end of the session.
+GFLOP/s = ``flops / median / 1e9``; :func:`measure` also stores it as ``gflops`` or ``gbps``
+after the run, so it appears in ``--benchmark-json`` output, and a summary table of medians per
+group is printed at the end of the session.
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # `import layers` from the bench files, in any --import-mode
     sys.path.insert(0, str(HERE))
 
-# A call slower than this is timed with benchmark.pedantic and a fixed, small number of rounds
-# (about PEDANTIC_BUDGET seconds' worth, between PEDANTIC_MIN_ROUNDS and PEDANTIC_MAX_ROUNDS)
-# instead of pytest-benchmark's calibration, which would run it for at least --benchmark-max-time.
-SLOW_CALL_SECONDS = 0.05
-PEDANTIC_BUDGET = 1.0
-PEDANTIC_MIN_ROUNDS = 3
-PEDANTIC_MAX_ROUNDS = 10
+# Every case is timed with benchmark.pedantic and a round count chosen from a short probe:
+# about --benchmark-max-time seconds' worth of calls, at least MIN_ROUNDS (slow calls: the
+# reference, large batches) and at most MAX_ROUNDS. pytest-benchmark's own calibration can run a
+# 40 us function tens of thousands of times, which on a busy 2-core machine took up to 30 s per
+# case; a fixed cap keeps a default run at a few minutes.
+PROBE_CALLS = 5
+PROBE_SECONDS = 0.2
+MIN_ROUNDS = 3
+MAX_ROUNDS = 1000
 
 _SUMMARY = pytest.StashKey[list]()
 
@@ -63,7 +70,7 @@ def pytest_addoption(parser):
     group.addoption(
         "--fc-batch", dest="fc_batch", type=_parse_batches,
         default=os.environ.get("FASTCONV_BENCH_BATCH", "1"),
-        help="batch sizes of the conv2d/pooling benchmarks, comma-separated, e.g. 1,32 "
+        help="batch sizes of the conv2d/pooling/relu benchmarks, comma-separated, e.g. 1,32 "
              "(default: $FASTCONV_BENCH_BATCH or 1)",
     )
 
@@ -137,11 +144,13 @@ def torch_mod():
 
 @pytest.fixture
 def measure(benchmark, request):
-    """Time ``fn()`` with the benchmark fixture and record throughput and the session summary.
+    """Time ``fn()`` with the benchmark fixture; record throughput and the session summary.
 
-    ``measure(fn, kind=..., impl=..., flops=..., nbytes=...)`` calls ``fn`` once (warm-up, and
-    to estimate its time); a call slower than :data:`SLOW_CALL_SECONDS` is then timed with
-    ``benchmark.pedantic`` and a few rounds, a quicker one with ``benchmark(fn)``.
+    ``measure(fn, kind=..., impl=..., flops=..., nbytes=...)`` first calls ``fn`` up to
+    :data:`PROBE_CALLS` times (at most about :data:`PROBE_SECONDS`; this is also the warm-up),
+    then times it with ``benchmark.pedantic`` for ``--benchmark-max-time / probe median`` rounds,
+    clamped to [:data:`MIN_ROUNDS`, :data:`MAX_ROUNDS`]. After the run, ``extra_info`` gets
+    ``gflops`` = ``flops / median / 1e9`` or ``gbps`` = ``bytes / median / 1e9``.
     """
 
     def run(fn, *, kind, impl, flops=None, nbytes=None):
@@ -151,15 +160,14 @@ def measure(benchmark, request):
             info["flops"] = int(flops)
         if nbytes is not None:
             info["bytes"] = int(nbytes)
-        start = time.perf_counter()
-        fn()
-        first = time.perf_counter() - start
-        if first > SLOW_CALL_SECONDS:
-            rounds = int(min(PEDANTIC_MAX_ROUNDS,
-                             max(PEDANTIC_MIN_ROUNDS, math.ceil(PEDANTIC_BUDGET / first))))
-            result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
-        else:
-            result = benchmark(fn)
+        probe = []
+        while len(probe) < PROBE_CALLS and sum(probe) < PROBE_SECONDS:
+            start = time.perf_counter()
+            fn()
+            probe.append(time.perf_counter() - start)
+        budget = float(request.config.getoption("benchmark_max_time", 1.0) or 1.0)
+        rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(budget / np.median(probe)))))
+        result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
         stats = getattr(benchmark, "stats", None)  # None with --benchmark-disable
         if stats:
             median = stats.stats.median

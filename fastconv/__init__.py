@@ -15,6 +15,8 @@ Cython kernels, parallel with OpenMP, behind a NumPy API; every op has a plain-N
 True
 """
 
+# First, before any kernel (and so libgomp) is loaded: see _openmp_env's docstring.
+from . import _openmp_env  # noqa: F401  isort: skip
 from . import reference
 from ._config import config, show_config
 from ._threads import get_num_threads, set_num_threads

@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from . import _threads
+from . import _openmp_env, _threads
 from ._kernels import _openmp
 from ._version import __version__
 
@@ -20,7 +20,8 @@ except ImportError:  # built by something other than setup.py's build_ext
 def config() -> Dict[str, Any]:
     """The version, build options and thread settings, as a dict.
 
-    Keys: ``version``, ``openmp`` (compiled in), ``openmp_max_threads``, ``num_threads`` (the
+    Keys: ``version``, ``openmp`` (compiled in), ``openmp_max_threads``,
+    ``openmp_wait_policy`` (see :mod:`fastconv._openmp_env`), ``num_threads`` (the
     current default of every op), ``default_num_threads``, ``compiler``, ``compile_args``,
     ``link_args``, ``numpy_build_version``, ``numpy_runtime_version``, ``cython_version``,
     ``python_version``.
@@ -36,6 +37,7 @@ def config() -> Dict[str, Any]:
         "version": __version__,
         "openmp": _openmp.openmp_enabled(),
         "openmp_max_threads": _openmp.omp_max_threads(),
+        "openmp_wait_policy": _openmp_env.describe(),
         "num_threads": _threads.get_num_threads(),
         "default_num_threads": _threads.default_num_threads(),
         "compiler": BUILD_INFO.get("compiler", "unknown"),

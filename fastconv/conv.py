@@ -26,6 +26,10 @@ IM2COL_TILE_BYTES = 8 * 2**20
 AUTO_MIN_REDUCTION = 32
 AUTO_MIN_CHANNELS = 8
 
+# Below this many output channels the direct NHWC path runs the NCHW kernel on transposed
+# copies (see _conv_direct).
+NHWC_DIRECT_MIN_CHANNELS = 8
+
 
 def conv2d(
     x: ArrayLike,
@@ -148,23 +152,36 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
 
 
 def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
-    g = args.geometry
+    g, layout = args.geometry, args.layout
     pads = (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
     if any(pads) and not np.isfinite(w).all():
         # The kernel skips taps that fall on padding, which is exact for finite weights. An inf
         # or NaN weight times a padding zero is NaN, so then pad explicitly and let it multiply.
         spatial = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
-        x = np.pad(x, ((0, 0), (0, 0)) + spatial if args.layout == "NCHW"
+        x = np.pad(x, ((0, 0), (0, 0)) + spatial if layout == "NCHW"
                    else ((0, 0),) + spatial + ((0, 0),))
-        g = dataclasses.replace(g, h=x.shape[-2 if args.layout == "NCHW" else 1],
-                                w=x.shape[-1 if args.layout == "NCHW" else 2],
+        g = dataclasses.replace(g, h=x.shape[-2 if layout == "NCHW" else 1],
+                                w=x.shape[-1 if layout == "NCHW" else 2],
                                 pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
-    kernel = _conv.conv2d_direct_nchw if args.layout == "NCHW" else _conv.conv2d_direct_nhwc
-    rows = g.n * g.out_h * (args.c_out if args.layout == "NCHW" else 1)
+    nhwc_out = None
+    if layout == "NHWC" and args.c_out < NHWC_DIRECT_MIN_CHANNELS:
+        # The NHWC kernel vectorises over output channels; with only a few of them the NCHW
+        # kernel (vectorised along output rows) is much faster, even with the two transposes,
+        # which are free for single-channel images.
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        nhwc_out, out4 = out4, out4.transpose(0, 3, 1, 2)
+        if not out4.flags.c_contiguous:
+            out4 = np.empty(out4.shape, dtype=out4.dtype)
+        layout = "NCHW"
+    kernel = _conv.conv2d_direct_nchw if layout == "NCHW" else _conv.conv2d_direct_nhwc
+    rows = g.n * g.out_h * (args.c_out if layout == "NCHW" else 1)
     macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
     threads = min(_threads.for_work(n_threads, macs), max(rows, 1))
     kernel(x, w, bias, out4, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
            g.pad_top, g.pad_left, args.groups, args.activation == "relu", threads)
+    if nhwc_out is not None and not np.shares_memory(nhwc_out, out4):
+        nhwc_out[...] = out4.transpose(0, 2, 3, 1)
 
 
 def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
@@ -189,10 +206,13 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         w_groups = [np.ascontiguousarray(w[..., i * cog:(i + 1) * cog]).reshape(k, cog)
                     for i in range(groups)]
     buffer = np.empty(min(tile_rows, g.n * pixels) * k, dtype=args.dtype)
-    im2col_threads = lambda rows: min(_threads.for_work(n_threads, rows * k), rows)
+    # The GEMM runs on NumPy's BLAS threads. Starting an OpenMP team between two GEMMs makes the
+    # two thread pools fight over the cores (each spins while the other works), which costs far
+    # more than it saves, so the column fill and the epilogue run on the calling thread.
+    one_thread = 1
 
     def fill(cols, q0, group):
-        im2col(x, cols, q0, group * cig, *geometry, im2col_threads(cols.shape[0]))
+        im2col(x, cols, q0, group * cig, *geometry, one_thread)
 
     if nchw:
         out3 = out4.reshape(g.n, c_out, pixels)
@@ -211,7 +231,7 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
                 with np.errstate(**_validate.IEEE_SILENT):
                         np.matmul(w_groups[i], cols.reshape(n1 - n0, p1 - p0, k).transpose(0, 2, 1),
                               out=dest[:, i * cog:(i + 1) * cog])
-            _conv.add_bias_relu(dest, bias, 1, relu, im2col_threads(rows))
+            _conv.add_bias_relu(dest, bias, 1, relu, one_thread)
     else:
         out2 = out4.reshape(g.n * pixels, c_out)
         total = g.n * pixels
@@ -226,4 +246,4 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
                         np.matmul(cols, w_groups[0], out=dest)
                     else:
                         dest[:, i * cog:(i + 1) * cog] = cols @ w_groups[i]
-            _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, im2col_threads(q1 - q0))
+            _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, one_thread)

@@ -140,6 +140,7 @@ CONFIG_TYPES = {
     "version": str,
     "openmp": bool,
     "openmp_max_threads": int,
+    "openmp_wait_policy": str,
     "num_threads": int,
     "default_num_threads": int,
     "compiler": str,
@@ -339,3 +340,35 @@ def test_doctests_of_every_other_module(capsys):
 def test_im2col_module_is_importable():
     mod = sys.modules[fastconv.im2col.__module__]
     assert mod.im2col is fastconv.im2col and mod.col2im is fastconv.col2im
+
+
+# --------------------------------------------------------------------------------------------
+# libgomp wait policy (fastconv/_openmp_env.py)
+
+
+def _import_in_subprocess(env_updates, drop=()):
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_updates)
+    code = ("import json, os, fastconv; print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), "
+            "fastconv.config()['openmp_wait_policy']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(fastconv.__file__)))
+    return json.loads(out.stdout)
+
+
+def test_idle_openmp_threads_sleep_by_default():
+    spincount, policy = _import_in_subprocess({})
+    assert spincount == "0"
+    assert policy == "GOMP_SPINCOUNT=0 (set by fastconv)"
+
+
+@pytest.mark.parametrize("variable, value", [("OMP_WAIT_POLICY", "active"),
+                                             ("GOMP_SPINCOUNT", "1000")])
+def test_a_users_wait_policy_is_left_alone(variable, value):
+    spincount, policy = _import_in_subprocess({variable: value})
+    assert spincount == (value if variable == "GOMP_SPINCOUNT" else None)
+    assert policy == f"{variable}={value}"

@@ -20,11 +20,13 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
 
 
 cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
-    # `v <= 0` is false for NaN, so NaN propagates (as in PyTorch).
+    # `v <= 0` is false for NaN, so NaN propagates (as in PyTorch). An unconditional store of a
+    # select vectorises; a conditional store would branch, and mispredict on random signs.
     cdef Py_ssize_t i
+    cdef floating v
     for i in range(n):
-        if y[i] <= 0:
-            y[i] = 0
+        v = y[i]
+        y[i] = 0 if v <= 0 else v
 
 
 cdef inline void _nchw_row(

@@ -37,7 +37,7 @@ cdef inline Window _window(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_s
 
 cdef inline bint _beats(floating v, floating m) noexcept nogil:
     # Greater wins; NaN beats any non-NaN, and a first NaN is never replaced.
-    return v > m or (v != v and m == m)
+    return (v > m) | ((v != v) & (m == m))   # bitwise: no short-circuit branches
 
 
 cdef struct Geometry:
@@ -56,16 +56,22 @@ cdef inline void _max_row_nchw(const floating* plane, floating* o, int64_t* idx,
     for ow in range(g.OW):
         ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
         m = -INFINITY
-        best = wh.start * g.W + ww.start
-        for h in range(wh.start, wh.end):
-            for w in range(ww.start, ww.end):
-                v = plane[h * g.W + w]
-                if _beats(v, m):
-                    m = v
-                    best = h * g.W + w
-        o[ow] = m
-        if idx != NULL:
+        if idx == NULL:
+            # Selects rather than branches: random data would mispredict every other compare.
+            for h in range(wh.start, wh.end):
+                for w in range(ww.start, ww.end):
+                    v = plane[h * g.W + w]
+                    m = v if _beats(v, m) else m
+        else:
+            best = wh.start * g.W + ww.start
+            for h in range(wh.start, wh.end):
+                for w in range(ww.start, ww.end):
+                    v = plane[h * g.W + w]
+                    if _beats(v, m):
+                        m = v
+                        best = h * g.W + w
             idx[ow] = best
+        o[ow] = m
 
 
 cdef inline void _max_row_nhwc(const floating* image, floating* o, int64_t* idx, Py_ssize_t oh,
@@ -95,9 +101,9 @@ cdef inline void _max_row_nhwc(const floating* image, floating* o, int64_t* idx,
                             out_pix[c] = pix[c]
                             idx_pix[c] = h * g.W + w
                 else:
+                    # A select, not a conditional store, so the channel loop vectorises.
                     for c in range(C):
-                        if _beats(pix[c], out_pix[c]):
-                            out_pix[c] = pix[c]
+                        out_pix[c] = pix[c] if _beats(pix[c], out_pix[c]) else out_pix[c]
 
 
 cdef inline Py_ssize_t _divisor(const Geometry* g, Window wh, Window ww) noexcept nogil:
