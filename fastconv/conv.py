@@ -185,7 +185,13 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
 
 
 def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
-    """im2col + GEMM, tile by tile, with the bias/ReLU epilogue applied to each finished tile."""
+    """im2col + GEMM, tile by tile, with the bias/ReLU epilogue applied to each finished tile.
+
+    NCHW multiplies ``weight (C_out, K) @ cols_t (K, pixels)`` per image, with the transposed
+    column matrix; NHWC multiplies ``cols (pixels, K) @ weight (K, C_out)`` over the whole
+    batch. Both are plain row-major GEMMs. A 1x1 convolution with stride 1 and no padding needs
+    no column matrix at all: x itself is one.
+    """
     g = args.geometry
     if g.n == 0:
         return
@@ -195,9 +201,10 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     pixels = g.out_pixels
     tile_rows = max(1, IM2COL_TILE_BYTES // (k * args.dtype.itemsize))
     relu = args.activation == "relu"
-    im2col = _im2col.im2col_nchw if nchw else _im2col.im2col_nhwc
     geometry = (g.kernel_h, g.kernel_w, g.out_h, g.out_w, g.stride_h, g.stride_w,
                 g.dilation_h, g.dilation_w, g.pad_top, g.pad_left)
+    x_is_cols = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (1, 1, 1, 1) and not any(
+        (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right))
     # Per-group GEMM operands: NCHW weight rows (ci, kh, kw) match the column order; an HWIO
     # weight reshapes to (kh, kw, ci) x C_out, which matches the NHWC column order.
     if nchw:
@@ -205,17 +212,15 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     else:
         w_groups = [np.ascontiguousarray(w[..., i * cog:(i + 1) * cog]).reshape(k, cog)
                     for i in range(groups)]
-    buffer = np.empty(min(tile_rows, g.n * pixels) * k, dtype=args.dtype)
+    buffer = None if x_is_cols else np.empty(min(tile_rows, g.n * pixels) * k, dtype=args.dtype)
     # The GEMM runs on NumPy's BLAS threads. Starting an OpenMP team between two GEMMs makes the
-    # two thread pools fight over the cores (each spins while the other works), which costs far
-    # more than it saves, so the column fill and the epilogue run on the calling thread.
-    one_thread = 1
-
-    def fill(cols, q0, group):
-        im2col(x, cols, q0, group * cig, *geometry, one_thread)
+    # two thread pools compete for the cores, which costs more than it saves, so the column
+    # fill and the epilogue run on the calling thread.
+    serial = 1
 
     if nchw:
         out3 = out4.reshape(g.n, c_out, pixels)
+        x3 = x.reshape(g.n, g.c, g.h * g.w)
         if pixels <= tile_rows:       # whole images per tile: one batched GEMM per group
             per_tile = tile_rows // pixels
             tiles = [(n0, min(n0 + per_tile, g.n), 0, pixels) for n0 in range(0, g.n, per_tile)]
@@ -223,27 +228,32 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
             tiles = [(n, n + 1, p0, min(p0 + tile_rows, pixels))
                      for n in range(g.n) for p0 in range(0, pixels, tile_rows)]
         for n0, n1, p0, p1 in tiles:
-            rows = (n1 - n0) * (p1 - p0)
-            cols = buffer[: rows * k].reshape(rows, k)
             dest = out3[n0:n1, :, p0:p1]
             for i in range(groups):
-                fill(cols, n0 * pixels + p0, i)
+                if x_is_cols:
+                    cols_t = x3[n0:n1, i * cig:(i + 1) * cig, p0:p1]
+                else:
+                    cols_t = buffer[: (n1 - n0) * k * (p1 - p0)].reshape(n1 - n0, k, p1 - p0)
+                    _im2col.im2col_nchw_t(x, cols_t, n0, p0, i * cig, *geometry, serial)
                 with np.errstate(**_validate.IEEE_SILENT):
-                        np.matmul(w_groups[i], cols.reshape(n1 - n0, p1 - p0, k).transpose(0, 2, 1),
-                              out=dest[:, i * cog:(i + 1) * cog])
-            _conv.add_bias_relu(dest, bias, 1, relu, one_thread)
+                    np.matmul(w_groups[i], cols_t, out=dest[:, i * cog:(i + 1) * cog])
+            _conv.add_bias_relu(dest, bias, 1, relu, serial)
     else:
         out2 = out4.reshape(g.n * pixels, c_out)
+        x2 = x.reshape(g.n * g.h * g.w, g.c)
         total = g.n * pixels
         for q0 in range(0, total, tile_rows):
             q1 = min(q0 + tile_rows, total)
-            cols = buffer[: (q1 - q0) * k].reshape(q1 - q0, k)
             dest = out2[q0:q1]
             for i in range(groups):
-                fill(cols, q0, i)
+                if x_is_cols:
+                    cols = x2[q0:q1, i * cig:(i + 1) * cig]
+                else:
+                    cols = buffer[: (q1 - q0) * k].reshape(q1 - q0, k)
+                    _im2col.im2col_nhwc(x, cols, q0, i * cig, *geometry, serial)
                 with np.errstate(**_validate.IEEE_SILENT):
                     if groups == 1:
                         np.matmul(cols, w_groups[0], out=dest)
                     else:
                         dest[:, i * cog:(i + 1) * cog] = cols @ w_groups[i]
-            _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, one_thread)
+            _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, serial)

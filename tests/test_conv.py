@@ -222,6 +222,29 @@ def test_im2col_tiling_matches_reference(monkeypatch, layout, algorithm, tile_ro
                  err_msg=f"tile_rows={tile_rows} layout={layout}")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation, groups, tile_rows",
+    [((3, 3), 2, 1, 2, 1, 5), ((3, 2), (2, 3), ((1, 2), (0, 1)), 1, 2, 7),
+     ((1, 1), 1, 0, 1, 1, 3), ((1, 1), 1, 0, 1, 2, 11), ((1, 1), 2, 0, 1, 1, 4),
+     ((1, 1), 1, 1, 1, 1, 6)],
+    ids=["strided-dilated", "asymmetric", "1x1-x-is-cols", "1x1-grouped", "1x1-strided",
+         "1x1-padded"],
+)
+def test_im2col_tiles_with_partial_rows_match_reference(monkeypatch, layout, kernel, stride,
+                                                         padding, dilation, groups, tile_rows):
+    """Tiles that start and end mid output row, for strided, dilated, padded and 1x1 layers
+    (a 1x1, stride-1, unpadded layer multiplies x itself, with no column matrix)."""
+    case = Case("tiles", 3, 4, 9, 8, 6, kernel, stride=stride, padding=padding,
+                dilation=dilation, groups=groups, bias=True)
+    monkeypatch.setattr(conv_module, "IM2COL_TILE_BYTES", tile_rows * case.reduction * 8)
+    x, w, b = make_problem(case, layout, np.float64, seed=tile_rows)
+    expected = reference.conv2d(x, w, b, layout=layout, **case.kwargs())
+    actual = fastconv.conv2d(x, w, b, layout=layout, algorithm="im2col", **case.kwargs())
+    assert_close(actual, expected, np.float64, reduction_length=case.reduction,
+                 err_msg=f"tile_rows={tile_rows} layout={layout}")
+
+
 @pytest.mark.parametrize(
     "cig, kernel, cog, groups, expected",
     [

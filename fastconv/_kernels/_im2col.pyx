@@ -48,6 +48,73 @@ def im2col_nchw(
                             row[(c * KH + kh) * KW + kw] = 0
 
 
+def im2col_nchw_t(
+    const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+    floating[:, :, ::1] cols_t,       # OUT (images, c_count*KH*KW, pixels)
+    Py_ssize_t n0, Py_ssize_t p0, Py_ssize_t c0, Py_ssize_t KH, Py_ssize_t KW,
+    Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """The transposed column matrix of images n0.., output pixels p0.., channels c0..: one row
+    per window cell (c, kh, kw), one column per output pixel. With it the NCHW convolution is a
+    plain row-major GEMM, ``weight (C_out, K) @ cols_t (K, pixels)``, and each row is filled by
+    unit-stride copies of input rows (for stride 1)."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t A = cols_t.shape[0], K = cols_t.shape[1], L = cols_t.shape[2]
+    cdef Py_ssize_t r
+    if A * K * L == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef floating* cp = &cols_t[0, 0, 0]
+    with nogil:
+        for r in prange(A * K, schedule="static", num_threads=n_threads):
+            _cols_t_row(xp + ((n0 + r // K) * C + c0 + (r % K) // (KH * KW)) * H * W,
+                        cp + r * L, (r % K) % (KH * KW) // KW, (r % K) % KW, p0, L, H, W,
+                        OW, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left)
+
+
+cdef inline void _cols_t_row(
+    const floating* plane,  # IN  the (H, W) input plane of this row's channel
+    floating* row,          # OUT L entries: window cell (kh, kw) at output pixels p0 .. p0+L
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t p0, Py_ssize_t L, Py_ssize_t H, Py_ssize_t W,
+    Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t pt, Py_ssize_t pl,
+) noexcept nogil:
+    cdef Py_ssize_t p = p0, end = p0 + L, oh, ow, ow_end, ih, off, lo, hi, i
+    cdef const floating* src
+    cdef floating* dst
+    while p < end:
+        # One output row's worth of pixels at a time: [ow, ow_end) of output row oh.
+        oh = p // OW
+        ow = p % OW
+        ow_end = OW if end - p >= OW - ow else ow + (end - p)
+        dst = row + (p - p0) - ow          # dst[ow'] is pixel (oh, ow')
+        ih = oh * sh - pt + kh * dh
+        off = kw * dw - pl                 # input column of ow' is ow' * sw + off
+        if ih < 0 or ih >= H:
+            lo = ow_end
+            hi = ow_end
+        else:
+            lo = 0 if off >= 0 else (-off + sw - 1) // sw
+            hi = 0 if W - 1 - off < 0 else (W - 1 - off) // sw + 1
+            lo = ow if lo < ow else (ow_end if lo > ow_end else lo)
+            hi = lo if hi < lo else (ow_end if hi > ow_end else hi)
+        for i in range(ow, lo):
+            dst[i] = 0
+        if hi > lo:
+            src = plane + ih * W + off     # src[i * sw] is input column i * sw + off
+            if sw == 1:
+                for i in range(lo, hi):
+                    dst[i] = src[i]
+            else:
+                for i in range(lo, hi):
+                    dst[i] = src[i * sw]
+        for i in range(hi, ow_end):
+            dst[i] = 0
+        p += ow_end - ow
+
+
 def im2col_nhwc(
     const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
     floating[:, ::1] cols,            # OUT (q1 - q0, KH*KW*c_count)
