@@ -32,18 +32,34 @@ OPENMP_PROBE = textwrap.dedent(
         int n = 0;
         #pragma omp parallel reduction(+:n)
         n += 1;
-        printf("%d\\n", n == omp_get_max_threads() ? 1 : 0);
+        printf("%d\\n", n >= 1 && omp_get_max_threads() >= 1 ? 1 : 0);
         return 0;
     }
     """
 )
 
 
-def openmp_flags(compiler_type):
-    """Compile and link flags that enable OpenMP for this compiler family."""
+def openmp_candidates(compiler_type):
+    """(compile flags, link flags) that may enable OpenMP, in the order to try them."""
     if compiler_type == "msvc":
-        return ["/openmp"], []
-    return ["-fopenmp"], ["-fopenmp"]
+        return [(["/openmp"], [])]
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        # Apple clang has no -fopenmp; it takes the preprocessor flag plus Homebrew's libomp.
+        prefix = _brew_prefix("libomp")
+        inc = [f"-I{prefix}/include"] if prefix else []
+        lib = [f"-L{prefix}/lib", f"-Wl,-rpath,{prefix}/lib"] if prefix else []
+        candidates.append((["-Xpreprocessor", "-fopenmp"] + inc, lib + ["-lomp"]))
+    return candidates
+
+
+def _brew_prefix(formula):
+    try:
+        out = subprocess.run(["brew", "--prefix", formula], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def optimisation_flags(compiler_type):
@@ -79,11 +95,15 @@ class BuildExt(build_ext):
     def build_extensions(self):
         ctype = self.compiler.compiler_type
         mode = os.environ.get("FASTCONV_OPENMP", "probe").strip().lower()
-        compile_omp, link_omp = openmp_flags(ctype)
-        if mode in ("0", "no", "off", "false"):
-            use_omp, reason = False, "disabled by FASTCONV_OPENMP"
-        else:
-            use_omp, reason = probe_openmp(self.compiler, compile_omp, link_omp)
+        use_omp, reason, compile_omp, link_omp = False, "disabled by FASTCONV_OPENMP", [], []
+        if mode not in ("0", "no", "off", "false"):
+            reasons = []
+            for compile_omp, link_omp in openmp_candidates(ctype):
+                use_omp, why = probe_openmp(self.compiler, compile_omp, link_omp)
+                reasons.append(f"{' '.join(compile_omp)}: {why}")
+                if use_omp:
+                    break
+            reason = "; ".join(reasons)
             if not use_omp and mode in ("1", "yes", "on", "true"):
                 raise RuntimeError(f"FASTCONV_OPENMP=1 but the OpenMP probe failed: {reason}")
         if not use_omp:
@@ -152,6 +172,9 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=directives),
+    # force: the .c files depend on the directives (FASTCONV_DEBUG_CYTHON), which cythonize's
+    # timestamp check does not see. Fresh .c files also make build_ext recompile every
+    # extension, so a changed FASTCONV_OPENMP is never hidden by an old build in ./build.
+    ext_modules=cythonize(extensions, compiler_directives=directives, force=True),
     cmdclass={"build_ext": BuildExt},
 )

@@ -74,9 +74,16 @@ def resolve(num_threads: Optional[int], func: str) -> int:
     return get_num_threads() if n is None else n
 
 
-def for_work(n_threads: int, work_items: int, min_per_thread: int = MIN_WORK_PER_THREAD) -> int:
-    """Threads to start for ``work_items`` units of work: never more than useful, 1 without OpenMP."""
+def for_work(n_threads: int, work: int, parallel_items: Optional[int] = None,
+             min_per_thread: int = MIN_WORK_PER_THREAD) -> int:
+    """Threads to start for ``work`` units of work split over ``parallel_items`` loop items.
+
+    At most ``n_threads``, at most one per ``min_per_thread`` units of work and at most one per
+    item (default: one per unit of work); 1 without OpenMP.
+    """
     if not _openmp.openmp_enabled():
         return 1
-    useful = max(1, work_items // max(1, min_per_thread))
+    useful = work // max(1, min_per_thread)
+    if parallel_items is not None:
+        useful = min(useful, parallel_items)
     return max(1, min(n_threads, useful))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -32,6 +32,10 @@ IEEE_SILENT = {"over": "ignore", "invalid": "ignore"}
 Pair = Tuple[int, int]
 Padding2 = Tuple[Pair, Pair]
 
+# Type hints of the public API's size arguments.
+IntPair = Union[int, Tuple[int, int]]
+PaddingArg = Union[int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]], str]
+
 
 # --------------------------------------------------------------------------------------------
 # dtypes
@@ -44,12 +48,11 @@ def compute_dtype(dtype: np.dtype, name: str, func: str) -> np.dtype:
     Anything else (complex, object, strings, datetimes, long double) is a ``TypeError``.
     """
     dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        if dtype.itemsize == 2:
-            return np.dtype(np.float32)
-        if dtype.itemsize in (4, 8):
-            return np.dtype(dtype.type)
-    elif dtype.kind in "biu":
+    if dtype.type in (np.float32, np.float64):
+        return np.dtype(dtype.type)
+    if dtype.type is np.float16:
+        return np.dtype(np.float32)
+    if dtype.kind in "biu":
         return np.dtype(np.float64)
     raise TypeError(
         f"{func}: {name} has dtype {dtype}, which is not supported; use float32 or float64 "
@@ -78,15 +81,13 @@ def common_dtype(func: str, **arrays: np.ndarray) -> np.dtype:
 # scalars and pairs
 
 
-def _as_int(value: Any, name: str, func: str) -> int:
+def _as_int(value: Any, name: str, func: str, what: str = "an int or a pair of ints") -> int:
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"{func}: {name} must be an int or a pair of ints, got {value!r}"
-        ) from None
+        raise TypeError(f"{func}: {name} must be {what}, got {value!r}") from None
 
 
 def as_pair(value: Any, name: str, func: str, minimum: int = 1) -> Pair:
@@ -276,6 +277,11 @@ class Geometry:
     def out_pixels(self) -> int:
         return self.out_h * self.out_w
 
+    def window_args(self) -> Tuple[int, ...]:
+        """The window arguments of the im2col/col2im kernels, in their order."""
+        return (self.kernel_h, self.kernel_w, self.out_h, self.out_w, self.stride_h,
+                self.stride_w, self.dilation_h, self.dilation_w, self.pad_top, self.pad_left)
+
 
 def make_geometry(
     shape4: Tuple[int, int, int, int],
@@ -426,7 +432,7 @@ def conv_args(
     if bias is not None:
         bias = as_array(bias, "bias", func)
     dtype = common_dtype(func, **arrays)
-    groups = _as_int(groups, "groups", func)
+    groups = _as_int(groups, "groups", func, "an int")
     if groups < 1:
         raise ValueError(f"{func}: groups must be positive, got {groups}")
 
@@ -527,7 +533,7 @@ def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func) -> PoolA
     if any(2 * p > k for p, k in zip(pads, halves)):
         raise ValueError(
             f"{func}: padding {((pads[0], pads[1]), (pads[2], pads[3]))} must be at most half "
-            f"of kernel_size {kernel_hw}"
+            f"of kernel_size {kernel_hw} (x shape {x.shape})"
         )
     args = PoolArgs(x=x4.astype(dtype, copy=False), geometry=geometry, layout=layout,
                     dtype=dtype, restore=restore)
@@ -539,9 +545,11 @@ def avg_divisor(divisor_override: Any, func: str) -> int:
     """Validate ``divisor_override``: None (returned as 0) or a positive int."""
     if divisor_override is None:
         return 0
-    d = _as_int(divisor_override, "divisor_override", func)
+    d = _as_int(divisor_override, "divisor_override", func, "an int or None")
     if d < 1:
         raise ValueError(f"{func}: divisor_override must be positive, got {divisor_override!r}")
+    if d > MAX_GEOMETRY:
+        raise ValueError(f"{func}: divisor_override must be at most {MAX_GEOMETRY}, got {d}")
     return d
 
 
@@ -575,7 +583,7 @@ def col2im_args(cols, input_shape, kernel_size, stride, padding, dilation, layou
     cols = as_array(cols, "cols", func)
     dtype = common_dtype(func, cols=cols)
     try:
-        shape = tuple(_as_int(s, "input_shape", func) for s in input_shape)
+        shape = tuple(_as_int(s, "input_shape", func, "a tuple of 4 ints") for s in input_shape)
     except TypeError:
         raise TypeError(f"{func}: input_shape must be a tuple of 4 ints, got {input_shape!r}") from None
     if len(shape) != 4 or min(shape) < 0:

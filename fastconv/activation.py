@@ -58,6 +58,6 @@ def relu(x: ArrayLike, *, out: Optional[np.ndarray] = None,
     in_place = out is not None and out is x and x.flags.c_contiguous
     src = np.ascontiguousarray(x, dtype=dtype)
     target = out if in_place else _validate.kernel_target(out, x.shape, dtype, x)
-    threads = _threads.for_work(n_threads, src.size, _RELU_MIN_PER_THREAD)
+    threads = _threads.for_work(n_threads, src.size, min_per_thread=_RELU_MIN_PER_THREAD)
     _relu.relu(src.reshape(-1), target.reshape(-1), threads)
     return _validate.deliver(target, out)

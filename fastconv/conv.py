@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional, Tuple, Union
+from typing import Literal, Optional
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _threads, _validate
+from ._validate import IntPair, PaddingArg
 from ._kernels import _conv, _im2col
 
 __all__ = ["conv2d"]
 
-IntPair = Union[int, Tuple[int, int]]
-PaddingArg = Union[int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]], str]
 
 # Upper bound on the im2col scratch matrix of one call. The column matrix is built and
 # multiplied tile by tile, so memory stays bounded whatever the batch size.
@@ -177,7 +176,7 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     kernel = _conv.conv2d_direct_nchw if layout == "NCHW" else _conv.conv2d_direct_nhwc
     rows = g.n * g.out_h * (args.c_out if layout == "NCHW" else 1)
     macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
-    threads = min(_threads.for_work(n_threads, macs), max(rows, 1))
+    threads = _threads.for_work(n_threads, macs, rows)
     kernel(x, w, bias, out4, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
            g.pad_top, g.pad_left, args.groups, args.activation == "relu", threads)
     if nhwc_out is not None and not np.shares_memory(nhwc_out, out4):
@@ -201,8 +200,7 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     pixels = g.out_pixels
     tile_rows = max(1, IM2COL_TILE_BYTES // (k * args.dtype.itemsize))
     relu = args.activation == "relu"
-    geometry = (g.kernel_h, g.kernel_w, g.out_h, g.out_w, g.stride_h, g.stride_w,
-                g.dilation_h, g.dilation_w, g.pad_top, g.pad_left)
+    geometry = g.window_args()
     x_is_cols = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (1, 1, 1, 1) and not any(
         (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right))
     # Per-group GEMM operands: NCHW weight rows (ci, kh, kw) match the column order; an HWIO

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple, Union
+from typing import Literal, Optional
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _threads, _validate
+from ._validate import IntPair, PaddingArg
 from ._kernels import _pool
 
 __all__ = ["max_pool2d", "avg_pool2d"]
 
-IntPair = Union[int, Tuple[int, int]]
-PaddingArg = Union[int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]], str]
 
 _COMMON_PARAMETERS = """
     x : array_like
@@ -36,7 +35,7 @@ def _threads_for(args: _validate.PoolArgs, n_threads: int) -> int:
     g = args.geometry
     rows = g.n * g.out_h * (g.c if args.layout == "NCHW" else 1)
     work = g.n * g.c * g.out_pixels * g.kernel_h * g.kernel_w
-    return min(_threads.for_work(n_threads, work), max(rows, 1))
+    return _threads.for_work(n_threads, work, rows)
 
 
 def max_pool2d(
@@ -156,8 +155,8 @@ def avg_pool2d(
     """
     func = "avg_pool2d"
     args = _validate.pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func)
-    divisor = _validate.avg_divisor(divisor_override, func)
     n_threads = _threads.resolve(num_threads, func)
+    divisor = _validate.avg_divisor(divisor_override, func)
     shape4 = args.out_shape4
     out = _validate.check_out(out, _validate.final_shape(args.restore, shape4), args.dtype, func)
     g = args.geometry

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _threads, _validate
+from ._validate import IntPair, PaddingArg
 from ._kernels import _im2col
 
 __all__ = ["im2col", "col2im"]
 
-IntPair = Union[int, Tuple[int, int]]
-PaddingArg = Union[int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]], str]
-
-
-def _geometry_args(g: _validate.Geometry):
-    return (g.kernel_h, g.kernel_w, g.out_h, g.out_w, g.stride_h, g.stride_w,
-            g.dilation_h, g.dilation_w, g.pad_top, g.pad_left)
 
 
 def im2col(
@@ -68,8 +62,8 @@ def im2col(
     n_threads = _threads.resolve(num_threads, func)
     cols = np.empty(_validate.cols_shape(g), dtype=x4.dtype)
     kernel = _im2col.im2col_nchw if layout == "NCHW" else _im2col.im2col_nhwc
-    threads = min(_threads.for_work(n_threads, cols.size), max(cols.shape[0], 1))
-    kernel(np.ascontiguousarray(x4), cols, 0, 0, *_geometry_args(g), threads)
+    threads = _threads.for_work(n_threads, cols.size, cols.shape[0])
+    kernel(np.ascontiguousarray(x4), cols, 0, 0, *g.window_args(), threads)
     return cols
 
 
@@ -122,6 +116,6 @@ def col2im(
     x = np.empty(shape4, dtype=cols2.dtype)
     kernel = _im2col.col2im_nchw if layout == "NCHW" else _im2col.col2im_nhwc
     rows = g.n * g.h * (g.c if layout == "NCHW" else 1)
-    threads = min(_threads.for_work(n_threads, cols2.size), max(rows, 1))
-    kernel(np.ascontiguousarray(cols2), x, *_geometry_args(g), threads)
+    threads = _threads.for_work(n_threads, cols2.size, rows)
+    kernel(np.ascontiguousarray(cols2), x, *g.window_args(), threads)
     return x

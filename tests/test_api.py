@@ -124,13 +124,17 @@ def test_version_matches_installed_metadata():
     assert fastconv.__version__ == installed
 
 
-def test_version_matches_pyproject():
+def test_version_is_single_sourced():
     pyproject = REPO_ROOT / "pyproject.toml"
     if not pyproject.is_file():
         pytest.skip(f"no pyproject.toml at {pyproject} (tests run outside the source tree)")
     tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
     meta = tomllib.loads(pyproject.read_text())
-    assert meta["project"]["version"] == fastconv.__version__
+    # One source of truth: the package metadata takes the version from fastconv/_version.py.
+    assert "version" in meta["project"]["dynamic"]
+    attr = meta["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "fastconv._version.__version__"
+    assert fastconv._version.__version__ == fastconv.__version__
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,4 +375,26 @@ def test_idle_openmp_threads_sleep_by_default():
 def test_a_users_wait_policy_is_left_alone(variable, value):
     spincount, policy = _import_in_subprocess({variable: value})
     assert spincount == (value if variable == "GOMP_SPINCOUNT" else None)
-    assert policy == f"{variable}={value}"
+    assert policy == f"{variable}={value} (from the environment)"
+
+
+# --------------------------------------------------------------------------------------------
+# limits shared by the fast ops and the reference
+
+
+@pytest.mark.parametrize("impl", [fastconv, fastconv.reference], ids=["fast", "reference"])
+def test_huge_divisor_override_is_a_value_error(impl):
+    with pytest.raises(ValueError, match="avg_pool2d: divisor_override must be at most"):
+        impl.avg_pool2d(np.ones((1, 1, 4, 4)), 2, divisor_override=2**70)
+
+
+@pytest.mark.parametrize("impl", [fastconv, fastconv.reference], ids=["fast", "reference"])
+def test_long_double_is_refused(impl):
+    with pytest.raises(TypeError, match="relu: x has dtype"):
+        impl.relu(np.ones(3, dtype=np.longdouble))
+
+
+@pytest.mark.parametrize("value", [1.5, True, "2"])
+def test_groups_type_error_names_the_argument(value):
+    with pytest.raises(TypeError, match=r"conv2d: groups must be an int, got"):
+        fastconv.conv2d(np.ones((1, 2, 4, 4)), np.ones((2, 1, 3, 3)), groups=value)
