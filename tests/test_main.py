@@ -1,6 +1,7 @@
 """The command line: ``python -m fastconv`` (the demo, the main job) and its subcommands."""
 
 import io
+import os
 import subprocess
 import sys
 
@@ -37,9 +38,12 @@ def test_demo_fails_when_a_result_is_wrong(monkeypatch):
     assert "FAIL" in out.getvalue()
 
 
-def test_module_entry_point_reports_the_version():
+def test_module_entry_point_reports_the_version(tmp_path):
+    # Run outside the repository: `-m` puts the working directory first on sys.path, which
+    # from the repository root would be the (unbuilt) source tree, not the package under test.
     done = subprocess.run([sys.executable, "-m", "fastconv", "--version"],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(fastconv.__file__)))
     assert done.stdout.strip() == f"fastconv {fastconv.__version__}"
 
 
