@@ -38,7 +38,7 @@ def test_demo_fails_when_a_result_is_wrong(monkeypatch):
     assert "FAIL" in out.getvalue()
 
 
-def test_module_entry_point_reports_the_version(tmp_path):
+def test_module_entry_point_reports_the_version():
     # Run outside the repository: `-m` puts the working directory first on sys.path, which
     # from the repository root would be the (unbuilt) source tree, not the package under test.
     done = subprocess.run([sys.executable, "-m", "fastconv", "--version"],
