@@ -22,7 +22,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_conv", "_im2col", "_pool", "_relu", "_openmp"]
+KERNELS = ["_conv", "_conv_backward", "_im2col", "_pool", "_relu", "_openmp"]
 
 OPENMP_PROBE = textwrap.dedent(
     """

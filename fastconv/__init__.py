@@ -21,10 +21,10 @@ from . import reference
 from ._config import config, show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
-from .activation import relu
-from .conv import conv2d
+from .activation import relu, relu_backward
+from .conv import conv2d, conv2d_backward
 from .unfold import col2im, im2col
-from .pooling import avg_pool2d, max_pool2d
+from .pooling import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 __all__ = [
     "conv2d",
@@ -33,6 +33,10 @@ __all__ = [
     "avg_pool2d",
     "im2col",
     "col2im",
+    "conv2d_backward",
+    "relu_backward",
+    "max_pool2d_backward",
+    "avg_pool2d_backward",
     "set_num_threads",
     "get_num_threads",
     "show_config",

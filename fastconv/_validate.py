@@ -604,3 +604,148 @@ def col2im_args(cols, input_shape, kernel_size, stride, padding, dilation, layou
 def final_shape(restore: Any, shape4: Tuple[int, ...]) -> Tuple[int, ...]:
     """The caller-rank shape of a 4-D result of ``shape4`` (what ``restore`` will return)."""
     return restore(np.broadcast_to(np.empty((), dtype=np.uint8), shape4)).shape
+
+
+# --------------------------------------------------------------------------------------------
+# backward passes
+
+GRAD_NEEDS = ("input", "weight", "bias")
+
+
+def normalize_needs(needs: Any, func: str) -> frozenset:
+    """Validate ``needs``: one of ``"input"``, ``"weight"``, ``"bias"`` or an iterable of them."""
+    if isinstance(needs, str):
+        needs = (needs,)
+    try:
+        items = list(needs)
+    except TypeError:
+        raise TypeError(
+            f"{func}: needs must be a tuple of 'input', 'weight' and/or 'bias', got {needs!r}"
+        ) from None
+    return frozenset(normalize_choice(item, GRAD_NEEDS, "needs", func) for item in items)
+
+
+def check_grad_out(grad_out: Any, expected: Tuple[int, ...], forward: str, context: str,
+                   func: str) -> np.ndarray:
+    """``grad_out`` as an array, which must have exactly the forward op's output shape."""
+    grad_out = as_array(grad_out, "grad_out", func)
+    if grad_out.shape != tuple(expected):
+        raise ValueError(
+            f"{func}: grad_out must have shape {tuple(expected)}, the shape of {forward}'s "
+            f"output for {context}, got shape {grad_out.shape}"
+        )
+    return grad_out
+
+
+@dataclass(frozen=True)
+class ConvGradArgs:
+    """Normalised arguments of ``conv2d_backward``."""
+
+    conv: ConvArgs             # the forward op's arguments, in the backward compute dtype
+    grad_out: np.ndarray       # 4-D, shaped like the forward output (conv.out_shape4)
+    weight_shape: Tuple[int, ...]  # the caller's weight shape (grad_weight gets it back)
+    needs: frozenset
+
+
+def conv_backward_args(grad_out, x, weight, stride, padding, dilation, groups, layout, needs,
+                       func="conv2d_backward") -> ConvGradArgs:
+    """Validate and normalise the arguments of ``conv2d_backward`` (and its reference)."""
+    needs = normalize_needs(needs, func)
+    args = conv_args(x, weight, None, stride, padding, dilation, groups, layout, None, func)
+    weight_shape = np.shape(weight)
+    grad_out = check_grad_out(
+        grad_out, final_shape(args.restore, args.out_shape4), "conv2d",
+        f"x shape {np.shape(x)}, weight shape {weight_shape}", func,
+    )
+    dtype = np.result_type(args.dtype, compute_dtype(grad_out.dtype, "grad_out", func))
+    args = ConvArgs(
+        x=args.x.astype(dtype, copy=False), weight=args.weight.astype(dtype, copy=False),
+        bias=None, geometry=args.geometry, groups=args.groups, c_out=args.c_out,
+        layout=args.layout, activation=None, dtype=dtype, restore=args.restore,
+    )
+    check_size(args.x.shape, dtype.itemsize, "grad_x", func)
+    grad_out4 = grad_out.astype(dtype, copy=False).reshape(args.out_shape4)
+    return ConvGradArgs(conv=args, grad_out=grad_out4, weight_shape=weight_shape, needs=needs)
+
+
+@dataclass(frozen=True)
+class PoolGradArgs:
+    """Normalised arguments of a pooling backward op."""
+
+    pool: PoolArgs             # the forward op's arguments, in the backward compute dtype
+    grad_out: np.ndarray       # 4-D, shaped like the forward output (pool.out_shape4)
+    input_shape: Tuple[int, ...]  # the caller's x shape (grad_x gets it)
+
+
+def pool_backward_args(grad_out, x, kernel_size, stride, padding, layout, ceil_mode, forward,
+                       func) -> PoolGradArgs:
+    """Validate a pooling backward's arguments; ``x`` may be a broadcast stand-in (avg_pool2d)."""
+    args = pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func)
+    grad_out = check_grad_out(grad_out, final_shape(args.restore, args.out_shape4), forward,
+                              f"x shape {np.shape(x)}", func)
+    dtype = np.result_type(args.dtype, compute_dtype(grad_out.dtype, "grad_out", func))
+    args = PoolArgs(x=args.x.astype(dtype, copy=False), geometry=args.geometry,
+                    layout=args.layout, dtype=dtype, restore=args.restore)
+    check_size(args.x.shape, dtype.itemsize, "grad_x", func)
+    return PoolGradArgs(pool=args, grad_out=grad_out.astype(dtype, copy=False).reshape(
+        args.out_shape4), input_shape=np.shape(x))
+
+
+def max_pool_backward_args(grad_out, x, kernel_size, stride, padding, layout, ceil_mode, indices,
+                           func="max_pool2d_backward"):
+    """Validate ``max_pool2d_backward``'s arguments; return ``(PoolGradArgs, indices4 or None)``.
+
+    Given indices must be integers of grad_out's shape, each inside its (n, c) plane; that is
+    all a kernel needs to stay in bounds (an index outside its window is the caller's business).
+    """
+    x = as_array(x, "x", func)
+    args = pool_backward_args(grad_out, x, kernel_size, stride, padding, layout, ceil_mode,
+                              "max_pool2d", func)
+    if indices is None:
+        return args, None
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{func}: indices must be an integer array (max_pool2d's return_indices "
+                        f"output), got dtype {indices.dtype}")
+    if indices.shape != np.shape(grad_out):
+        raise ValueError(f"{func}: indices must have grad_out's shape {np.shape(grad_out)}, got "
+                         f"shape {indices.shape}")
+    g = args.pool.geometry
+    if indices.size and (indices.min() < 0 or indices.max() >= g.h * g.w):
+        raise ValueError(
+            f"{func}: indices must lie in [0, H*W) = [0, {g.h * g.w}) for x shape {x.shape}, "
+            f"got values in [{indices.min()}, {indices.max()}]"
+        )
+    return args, indices.astype(np.int64, copy=False).reshape(args.pool.out_shape4)
+
+
+def input_shape_arg(input_shape: Any, dtype: np.dtype, func: str) -> np.ndarray:
+    """A zero-copy stand-in array of ``input_shape`` (2, 3 or 4 non-negative ints)."""
+    try:
+        shape = tuple(_as_int(s, "input_shape", func, "a tuple of ints") for s in input_shape)
+    except TypeError:
+        raise TypeError(f"{func}: input_shape must be a tuple of 2, 3 or 4 ints, got "
+                        f"{input_shape!r}") from None
+    if len(shape) not in (2, 3, 4) or min(shape) < 0:
+        raise ValueError(f"{func}: input_shape must be 2, 3 or 4 non-negative ints, got "
+                         f"{input_shape!r}")
+    return np.broadcast_to(np.zeros((), dtype=dtype), shape)
+
+
+def avg_pool_backward_args(grad_out, input_shape, kernel_size, stride, padding, layout,
+                           ceil_mode, func="avg_pool2d_backward") -> PoolGradArgs:
+    """Validate ``avg_pool2d_backward``'s arguments (the input itself is not needed)."""
+    grad_out = as_array(grad_out, "grad_out", func)
+    stand_in = input_shape_arg(input_shape, compute_dtype(grad_out.dtype, "grad_out", func), func)
+    return pool_backward_args(grad_out, stand_in, kernel_size, stride, padding, layout,
+                              ceil_mode, "avg_pool2d", func)
+
+
+def relu_backward_args(grad_out, x, func="relu_backward"):
+    """Validate ``relu_backward``'s arguments; return ``(grad_out, x, dtype)``."""
+    grad_out = as_array(grad_out, "grad_out", func)
+    x = as_array(x, "x", func)
+    if grad_out.shape != x.shape:
+        raise ValueError(f"{func}: grad_out and x must have the same shape, got {grad_out.shape} "
+                         f"and {x.shape}")
+    return grad_out, x, common_dtype(func, grad_out=grad_out, x=x)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import Iterable, Literal, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _threads, _validate
 from ._validate import IntPair, PaddingArg
-from ._kernels import _conv, _im2col
+from ._kernels import _conv, _conv_backward, _im2col
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "conv2d_backward"]
 
 
 # Upper bound on the im2col scratch matrix of one call. The column matrix is built and
@@ -183,6 +183,22 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         nhwc_out[...] = out4.transpose(0, 2, 3, 1)
 
 
+def _nchw_tiles(n: int, pixels: int, tile_rows: int):
+    """``(n0, n1, p0, p1)`` tiles of at most ``tile_rows`` output pixels: whole images when one
+    fits, otherwise pixel ranges of one image."""
+    if pixels <= tile_rows:
+        per_tile = tile_rows // pixels
+        return [(n0, min(n0 + per_tile, n), 0, pixels) for n0 in range(0, n, per_tile)]
+    return [(i, i + 1, p0, min(p0 + tile_rows, pixels))
+            for i in range(n) for p0 in range(0, pixels, tile_rows)]
+
+
+def _is_pointwise(g: _validate.Geometry) -> bool:
+    """A 1x1, stride-1, unpadded convolution: x itself is the (transposed) column matrix."""
+    return (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (1, 1, 1, 1) and not any(
+        (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right))
+
+
 def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
     """im2col + GEMM, tile by tile, with the bias/ReLU epilogue applied to each finished tile.
 
@@ -201,8 +217,7 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     tile_rows = max(1, IM2COL_TILE_BYTES // (k * args.dtype.itemsize))
     relu = args.activation == "relu"
     geometry = g.window_args()
-    x_is_cols = (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (1, 1, 1, 1) and not any(
-        (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right))
+    x_is_cols = _is_pointwise(g)
     # Per-group GEMM operands: NCHW weight rows (ci, kh, kw) match the column order; an HWIO
     # weight reshapes to (kh, kw, ci) x C_out, which matches the NHWC column order.
     if nchw:
@@ -219,13 +234,7 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     if nchw:
         out3 = out4.reshape(g.n, c_out, pixels)
         x3 = x.reshape(g.n, g.c, g.h * g.w)
-        if pixels <= tile_rows:       # whole images per tile: one batched GEMM per group
-            per_tile = tile_rows // pixels
-            tiles = [(n0, min(n0 + per_tile, g.n), 0, pixels) for n0 in range(0, g.n, per_tile)]
-        else:                         # one image is larger than a tile: split its pixels
-            tiles = [(n, n + 1, p0, min(p0 + tile_rows, pixels))
-                     for n in range(g.n) for p0 in range(0, pixels, tile_rows)]
-        for n0, n1, p0, p1 in tiles:
+        for n0, n1, p0, p1 in _nchw_tiles(g.n, pixels, tile_rows):
             dest = out3[n0:n1, :, p0:p1]
             for i in range(groups):
                 if x_is_cols:
@@ -255,3 +264,254 @@ def _conv_im2col(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
                     else:
                         dest[:, i * cog:(i + 1) * cog] = cols @ w_groups[i]
             _conv.add_bias_relu(dest[np.newaxis], bias, 2, relu, serial)
+
+
+# --------------------------------------------------------------------------------------------
+# backward
+
+
+def conv2d_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike,
+    stride: IntPair = 1,
+    padding: PaddingArg = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    layout: Literal["NCHW", "NHWC"] = "NCHW",
+    needs: Iterable[Literal["input", "weight", "bias"]] = ("input", "weight", "bias"),
+    algorithm: Literal["auto", "direct", "im2col"] = "auto",
+    num_threads: Optional[int] = None,
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    Given ``grad_out``, the gradient of a loss with respect to ``conv2d(x, weight, bias, ...)``,
+    returns the gradients of that loss with respect to ``x``, ``weight`` and ``bias``, exactly
+    as PyTorch's autograd defines them (padding cells receive nothing; overlapping windows
+    add up). For ``activation="relu"`` apply :func:`relu_backward` with the conv output first.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        Same shape as the forward output.
+    x, weight, stride, padding, dilation, groups, layout
+        As given to :func:`conv2d` (the bias is not needed).
+    needs : iterable of {"input", "weight", "bias"}
+        Which gradients to compute; the others are returned as ``None`` and cost nothing.
+    algorithm : {"auto", "direct", "im2col"}
+        ``"im2col"``: GEMMs with NumPy's BLAS on column-matrix tiles of at most 8 MiB, folded
+        back with col2im; ``"direct"``: loops over the kernel taps (NHWC runs on transposed
+        copies). ``"auto"`` picks as :func:`conv2d` does.
+    num_threads : int, optional
+        Upper limit on threads. The result does not depend on it: every gradient element is
+        summed by one thread in a fixed order.
+
+    Returns
+    -------
+    grad_x : ndarray or None
+        Shaped like ``x``.
+    grad_weight : ndarray or None
+        Shaped like ``weight``, in its layout (OIHW or HWIO).
+    grad_bias : ndarray or None
+        Shape (C_out,).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d`; also a ``grad_out`` whose shape is not the forward output's, and an
+        unknown entry in ``needs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import conv2d, conv2d_backward
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> w = np.ones((2, 1, 3, 3))
+    >>> y = conv2d(x, w, padding=1)
+    >>> grad_x, grad_w, grad_b = conv2d_backward(np.ones_like(y), x, w, padding=1)
+    >>> grad_x[0, 0]
+    array([[ 8., 12., 12.,  8.],
+           [12., 18., 18., 12.],
+           [12., 18., 18., 12.],
+           [ 8., 12., 12.,  8.]])
+    >>> grad_w[0, 0]
+    array([[ 45.,  66.,  54.],
+           [ 84., 120.,  96.],
+           [ 81., 114.,  90.]])
+    >>> grad_b
+    array([16., 16.])
+    >>> conv2d_backward(np.ones_like(y), x, w, padding=1, needs=("bias",))[:2]
+    (None, None)
+    """
+    func = "conv2d_backward"
+    grad = _validate.conv_backward_args(grad_out, x, weight, stride, padding, dilation, groups,
+                                        layout, needs, func)
+    algorithm = _validate.normalize_choice(algorithm, _validate.ALGORITHMS, "algorithm", func)
+    n_threads = _threads.resolve(num_threads, func)
+    args = grad.conv
+    if algorithm == "auto":
+        algorithm = choose_algorithm(args)
+    gy = np.ascontiguousarray(grad.grad_out)
+    xc = np.ascontiguousarray(args.x)
+    wc = np.ascontiguousarray(args.weight)
+    grad_x = np.zeros(args.x.shape, dtype=args.dtype) if "input" in grad.needs else None
+    grad_w = np.empty(args.weight.shape, dtype=args.dtype) if "weight" in grad.needs else None
+    if grad_x is not None or grad_w is not None:
+        backward = _backward_direct if algorithm == "direct" else _backward_im2col
+        with np.errstate(**_validate.IEEE_SILENT):
+            backward(gy, xc, wc, grad_x, grad_w, args, n_threads)
+    grad_b = None
+    if "bias" in grad.needs:
+        with np.errstate(**_validate.IEEE_SILENT):
+            grad_b = gy.sum(axis=(0, 2, 3) if args.layout == "NCHW" else (0, 1, 2))
+    return (
+        None if grad_x is None else args.restore(grad_x),
+        None if grad_w is None else grad_w.reshape(grad.weight_shape),
+        grad_b,
+    )
+
+
+def _backward_direct(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threads: int):
+    """The direct NCHW kernels; NHWC runs them on transposed copies."""
+    g = args.geometry
+    nhwc = args.layout == "NHWC"
+    if nhwc:
+        gy = np.ascontiguousarray(gy.transpose(0, 3, 1, 2))
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    geometry = (g.stride_h, g.stride_w, g.dilation_h, g.dilation_w)
+    if grad_x is not None:
+        gx = np.empty((g.n, g.c, g.h, g.w), dtype=args.dtype) if nhwc else grad_x
+        threads = _threads.for_work(n_threads, macs, g.n * g.c)
+        _conv_backward.conv2d_backward_input_nchw(gy, w, gx, *geometry, g.pad_top, g.pad_left,
+                                                  args.groups, threads)
+        if nhwc:
+            grad_x[...] = gx.transpose(0, 2, 3, 1)
+    if grad_w is not None:
+        pad_top, pad_left = g.pad_top, g.pad_left
+        pads = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
+        if any(p for pair in pads for p in pair) and not np.isfinite(gy).all():
+            # The kernel skips taps on padding, exact for finite gradients; an inf or NaN
+            # gradient times a padding zero is NaN (as in PyTorch), so pad explicitly.
+            x = np.pad(x, ((0, 0), (0, 0)) + pads)
+            pad_top = pad_left = 0
+        gw = np.empty(w.shape, dtype=args.dtype) if nhwc else grad_w
+        threads = _threads.for_work(n_threads, macs, gw.shape[0] * gw.shape[1])
+        scratch = np.empty((threads, g.kernel_h * g.kernel_w * g.out_w), dtype=args.dtype)
+        _conv_backward.conv2d_backward_weight_nchw(gy, x, gw, scratch, *geometry, pad_top,
+                                                   pad_left, args.groups, threads)
+        if nhwc:
+            grad_w[...] = gw.transpose(2, 3, 1, 0)
+
+
+def _backward_im2col(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threads: int):
+    """GEMMs on column-matrix tiles: ``grad_weight += grad_out . cols`` and
+    ``grad_cols = weight^T . grad_out`` folded back into ``grad_x`` (which starts at zero).
+
+    Like the forward pass, the fill and fold kernels run on the calling thread around NumPy's
+    BLAS. The tiles are fixed by the shapes and visited in order, so the sums are deterministic.
+    """
+    g = args.geometry
+    if g.n == 0:
+        if grad_w is not None:
+            grad_w[...] = 0
+        return
+    groups, c_out = args.groups, args.c_out
+    cig, cog = g.c // groups, c_out // groups
+    k = cig * g.kernel_h * g.kernel_w
+    pixels = g.out_pixels
+    tile_rows = max(1, IM2COL_TILE_BYTES // (k * args.dtype.itemsize))
+    if args.layout == "NHWC" and pixels > tile_rows:
+        # The NHWC fold works on whole images; one image is larger than a tile, so keep the
+        # scratch bounded by running the NCHW tiles (which split images) on transposed copies.
+        return _backward_im2col_via_nchw(gy, x, w, grad_x, grad_w, args, n_threads)
+    geometry = g.window_args()
+    pointwise = _is_pointwise(g)
+    buffer = None if pointwise else np.empty(min(tile_rows, g.n * pixels) * k, dtype=args.dtype)
+    serial = 1
+    need_x, need_w = grad_x is not None, grad_w is not None
+
+    if args.layout == "NCHW":
+        gy3 = gy.reshape(g.n, c_out, pixels)
+        x3 = x.reshape(g.n, g.c, g.h * g.w)
+        w2 = w.reshape(c_out, k)
+        gx3 = grad_x.reshape(g.n, g.c, g.h * g.w) if need_x else None
+        gw2 = grad_w.reshape(c_out, k) if need_w else None
+        if need_w:
+            gw2[...] = 0
+            product = np.empty((cog, k), dtype=args.dtype)
+        for n0, n1, p0, p1 in _nchw_tiles(g.n, pixels, tile_rows):
+            b, span = n1 - n0, p1 - p0
+            for i in range(groups):
+                co, ci = slice(i * cog, (i + 1) * cog), slice(i * cig, (i + 1) * cig)
+                gyi = gy3[n0:n1, co, p0:p1]
+                if need_w:
+                    if pointwise:
+                        cols_t = x3[n0:n1, ci]
+                    else:
+                        cols_t = buffer[:b * k * span].reshape(b, k, span)
+                        _im2col.im2col_nchw_t(x, cols_t, n0, p0, i * cig, *geometry, serial)
+                    for j in range(b):
+                        np.matmul(gyi[j], cols_t[j].T, out=product)
+                        gw2[co] += product
+                if need_x:
+                    if pointwise:
+                        np.matmul(w2[co].T, gyi, out=gx3[n0:n1, ci])
+                    else:
+                        grad_cols_t = buffer[:b * k * span].reshape(b, k, span)
+                        np.matmul(w2[co].T, gyi, out=grad_cols_t)
+                        _im2col.col2im_nchw_t_add(grad_cols_t, grad_x, n0, p0, i * cig,
+                                                  *geometry, serial)
+        return
+
+    gy2 = gy.reshape(g.n * pixels, c_out)
+    x2 = x.reshape(g.n * g.h * g.w, g.c)
+    gx2 = grad_x.reshape(g.n * g.h * g.w, g.c) if need_x else None
+    w_groups = [np.ascontiguousarray(w[..., i * cog:(i + 1) * cog]).reshape(k, cog)
+                for i in range(groups)]
+    if need_w:
+        gw_groups = [np.zeros((k, cog), dtype=args.dtype) for _ in range(groups)]
+        product = np.empty((k, cog), dtype=args.dtype)
+    per_tile = max(1, tile_rows // pixels)
+    for n0 in range(0, g.n, per_tile):
+        n1 = min(n0 + per_tile, g.n)
+        q0, q1 = n0 * pixels, n1 * pixels
+        for i in range(groups):
+            co, ci = slice(i * cog, (i + 1) * cog), slice(i * cig, (i + 1) * cig)
+            gyi = gy2[q0:q1, co]
+            if need_w:
+                if pointwise:
+                    cols = x2[q0:q1, ci]
+                else:
+                    cols = buffer[:(q1 - q0) * k].reshape(q1 - q0, k)
+                    _im2col.im2col_nhwc(x, cols, q0, i * cig, *geometry, serial)
+                np.matmul(cols.T, gyi, out=product)
+                gw_groups[i] += product
+            if need_x:
+                if pointwise:
+                    np.matmul(gyi, w_groups[i].T, out=gx2[q0:q1, ci])
+                else:
+                    grad_cols = buffer[:(q1 - q0) * k].reshape(q1 - q0, k)
+                    np.matmul(gyi, w_groups[i].T, out=grad_cols)
+                    _im2col.col2im_nhwc_add(grad_cols, grad_x, n0, i * cig, *geometry, serial)
+    if need_w:
+        for i in range(groups):
+            grad_w[..., i * cog:(i + 1) * cog] = gw_groups[i].reshape(
+                g.kernel_h, g.kernel_w, cig, cog)
+
+
+def _backward_im2col_via_nchw(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs,
+                              n_threads: int):
+    g = args.geometry
+    nchw = dataclasses.replace(args, layout="NCHW")
+    gx = np.zeros((g.n, g.c, g.h, g.w), dtype=args.dtype) if grad_x is not None else None
+    gw = np.empty(w.transpose(3, 2, 0, 1).shape, dtype=args.dtype) if grad_w is not None else None
+    _backward_im2col(np.ascontiguousarray(gy.transpose(0, 3, 1, 2)),
+                     np.ascontiguousarray(x.transpose(0, 3, 1, 2)),
+                     np.ascontiguousarray(w.transpose(3, 2, 0, 1)), gx, gw, nchw, n_threads)
+    if gx is not None:
+        grad_x[...] = gx.transpose(0, 2, 3, 1)
+    if gw is not None:
+        grad_w[...] = gw.transpose(2, 3, 1, 0)

@@ -35,15 +35,22 @@ from fastconv._validate import (
     col2im_args,
     cols_shape,
     common_dtype,
+    avg_pool_backward_args,
     conv_args,
+    conv_backward_args,
     deliver,
     final_shape,
     im2col_args,
+    max_pool_backward_args,
     normalize_choice,
     pool_args,
+    relu_backward_args,
 )
 
-__all__ = ["conv2d", "relu", "max_pool2d", "avg_pool2d", "im2col", "col2im"]
+__all__ = [
+    "conv2d", "relu", "max_pool2d", "avg_pool2d", "im2col", "col2im",
+    "conv2d_backward", "relu_backward", "max_pool2d_backward", "avg_pool2d_backward",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,3 +439,250 @@ def col2im(
             padded[..., hs, ws] += x6[:, :, kh, kw]
     x = padded[..., g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w]
     return _from_nchw(x, layout)
+
+
+# --------------------------------------------------------------------------------------------
+# backward passes
+
+
+def _crop(padded: np.ndarray, g: Geometry) -> np.ndarray:
+    """The unpadded (H, W) region of an array padded by :func:`_pad`."""
+    return padded[..., g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w]
+
+
+def conv2d_backward(
+    grad_out: Any,
+    x: Any,
+    weight: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    *,
+    layout: str = "NCHW",
+    needs: Any = ("input", "weight", "bias"),
+    algorithm: str = "auto",
+    num_threads: Optional[int] = None,
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """Slow, auditable NumPy reference for :func:`fastconv.conv2d_backward`.
+
+    The adjoint of :func:`conv2d`, one ``einsum`` per kernel tap: tap ``(kh, kw)`` read the
+    strided slice ``padded_x[..., hs, ws]`` in the forward pass, so it adds
+    ``grad_out x weight[..., kh, kw]`` back onto that slice of the padded input gradient and
+    ``grad_out . slice`` onto ``grad_weight[..., kh, kw]``. The padding is then cropped away.
+
+    Parameters
+    ----------
+    grad_out, x, weight, stride, padding, dilation, groups, layout, needs
+        As for :func:`fastconv.conv2d_backward`.
+    algorithm, num_threads
+        Validated like :func:`fastconv.conv2d_backward`'s, then ignored.
+
+    Returns
+    -------
+    (grad_x, grad_weight, grad_bias)
+        Shaped like x, weight and (C_out,); ``None`` for an entry not in ``needs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.reference import conv2d_backward
+    >>> x = np.arange(9.0).reshape(3, 3)
+    >>> gx, gw, gb = conv2d_backward(np.ones((2, 2)), x, np.ones((2, 2)))
+    >>> gx
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    >>> gw
+    array([[ 8., 12.],
+           [20., 24.]])
+    >>> gb
+    array([4.])
+    """
+    func = "conv2d_backward"
+    grad = conv_backward_args(grad_out, x, weight, stride, padding, dilation, groups, layout,
+                              needs, func)
+    normalize_choice(algorithm, ALGORITHMS, "algorithm", func)
+    check_num_threads(num_threads, func)
+    args, g, groups = grad.conv, grad.conv.geometry, grad.conv.groups
+    cog, cig = args.c_out // groups, g.c // groups
+    weight_oihw = args.weight if args.layout == "NCHW" else args.weight.transpose(3, 2, 0, 1)
+    gy = _to_nchw(grad.grad_out, args.layout)
+    gyg = gy.reshape(g.n, groups, cog, g.out_h, g.out_w)
+    wg = weight_oihw.reshape(groups, cog, cig, g.kernel_h, g.kernel_w)
+    xp = _pad(_to_nchw(args.x, args.layout), g, 0)
+    xg = xp.reshape(g.n, groups, cig, *xp.shape[2:])
+
+    grad_x = grad_w = grad_b = None
+    with np.errstate(**IEEE_SILENT):
+        if "input" in grad.needs:
+            gxp = np.zeros(xg.shape, dtype=args.dtype)
+            for kh, kw, hs, ws in _taps(g):
+                # Within one tap every output pixel reads a distinct cell, so slice += is exact.
+                gxp[..., hs, ws] += np.einsum("ngohw,goc->ngchw", gyg, wg[..., kh, kw])
+            gx = _crop(gxp.reshape(xp.shape), g)
+            grad_x = args.restore(_from_nchw(gx, args.layout))
+        if "weight" in grad.needs:
+            gw = np.empty(wg.shape, dtype=args.dtype)
+            for kh, kw, hs, ws in _taps(g):
+                gw[..., kh, kw] = np.einsum("ngohw,ngchw->goc", gyg, xg[..., hs, ws])
+            gw = gw.reshape(weight_oihw.shape)
+            if args.layout == "NHWC":
+                gw = gw.transpose(2, 3, 1, 0)
+            grad_w = np.ascontiguousarray(gw).reshape(grad.weight_shape)
+        if "bias" in grad.needs:
+            grad_b = gy.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+def relu_backward(
+    grad_out: Any, x: Any, *, out: Optional[np.ndarray] = None,
+    num_threads: Optional[int] = None,
+) -> np.ndarray:
+    """Slow, auditable NumPy reference for :func:`fastconv.relu_backward`.
+
+    ``0 where x <= 0, else grad_out`` (PyTorch's rule: the gradient at exactly 0 is 0, and a
+    NaN x passes grad_out through). ``x`` may equally be ReLU's input or its output.
+
+    Parameters
+    ----------
+    grad_out, x, out
+        As for :func:`fastconv.relu_backward`.
+    num_threads
+        Validated like :func:`fastconv.relu_backward`'s, then ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input gradient (``out`` if given).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.reference import relu_backward
+    >>> relu_backward(np.array([1.0, 2.0, 3.0, 4.0]), np.array([-1.0, 0.0, 2.0, np.nan]))
+    array([0., 0., 3., 4.])
+    """
+    grad_out, x, dtype = relu_backward_args(grad_out, x)
+    check_num_threads(num_threads, "relu_backward")
+    check_out(out, x.shape, dtype, "relu_backward")
+    result = np.where(x <= 0, dtype.type(0), grad_out.astype(dtype, copy=False))
+    return deliver(np.asarray(result, dtype=dtype, order="C"), out)
+
+
+def max_pool2d_backward(
+    grad_out: Any,
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    *,
+    layout: str = "NCHW",
+    ceil_mode: bool = False,
+    indices: Any = None,
+    num_threads: Optional[int] = None,
+) -> np.ndarray:
+    """Slow, auditable NumPy reference for :func:`fastconv.max_pool2d_backward`.
+
+    Each window's gradient goes to the cell :func:`max_pool2d` reports as its maximum (or to
+    ``indices`` when given); ``numpy.add.at`` accumulates overlapping windows in row-major
+    output order.
+
+    Parameters
+    ----------
+    grad_out, x, kernel_size, stride, padding, layout, ceil_mode, indices
+        As for :func:`fastconv.max_pool2d_backward`.
+    num_threads
+        Validated like :func:`fastconv.max_pool2d_backward`'s, then ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input gradient, shaped like ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.reference import max_pool2d_backward
+    >>> x = np.array([[1., 3., 2.], [4., 0., 5.], [1., 1., 1.]])
+    >>> max_pool2d_backward(np.array([[10., 20.], [30., 40.]]), x, 2, stride=1)
+    array([[ 0.,  0.,  0.],
+           [40.,  0., 60.],
+           [ 0.,  0.,  0.]])
+    """
+    func = "max_pool2d_backward"
+    grad, idx4 = max_pool_backward_args(grad_out, x, kernel_size, stride, padding, layout,
+                                        ceil_mode, indices, func)
+    check_num_threads(num_threads, func)
+    args, g = grad.pool, grad.pool.geometry
+    if idx4 is None:
+        _, idx = max_pool2d(args.x, kernel_size, stride, padding, layout=args.layout,
+                            ceil_mode=ceil_mode, return_indices=True)
+        idx4 = idx
+    planes = _to_nchw(idx4, args.layout).reshape(g.n * g.c, -1)
+    gy = _to_nchw(grad.grad_out, args.layout).reshape(g.n * g.c, -1)
+    gx = np.zeros((g.n * g.c, g.h * g.w), dtype=args.dtype)
+    rows = np.broadcast_to(np.arange(g.n * g.c)[:, np.newaxis], planes.shape)
+    with np.errstate(**IEEE_SILENT):
+        np.add.at(gx, (rows, planes), gy)
+    return args.restore(_from_nchw(gx.reshape(g.n, g.c, g.h, g.w), args.layout))
+
+
+def avg_pool2d_backward(
+    grad_out: Any,
+    input_shape: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    *,
+    layout: str = "NCHW",
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Optional[int] = None,
+    num_threads: Optional[int] = None,
+) -> np.ndarray:
+    """Slow, auditable NumPy reference for :func:`fastconv.avg_pool2d_backward`.
+
+    Each window spreads ``grad_out / divisor`` evenly over its cells (the divisor of
+    :func:`avg_pool2d`); cells in the padding are dropped. One slice ``+=`` per window tap.
+
+    Parameters
+    ----------
+    grad_out, input_shape, kernel_size, stride, padding, layout, ceil_mode, count_include_pad,
+    divisor_override
+        As for :func:`fastconv.avg_pool2d_backward`.
+    num_threads
+        Validated like :func:`fastconv.avg_pool2d_backward`'s, then ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        The input gradient, of shape ``input_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.reference import avg_pool2d_backward
+    >>> avg_pool2d_backward(np.array([[4.0, 8.0]]), (2, 4), 2)
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.]])
+    """
+    func = "avg_pool2d_backward"
+    grad = avg_pool_backward_args(grad_out, input_shape, kernel_size, stride, padding, layout,
+                                  ceil_mode, func)
+    check_num_threads(num_threads, func)
+    divisor = avg_divisor(divisor_override, func)
+    args, g = grad.pool, grad.pool.geometry
+    if divisor:
+        counts = divisor
+    else:
+        inside = _pad(np.ones((g.h, g.w), dtype=args.dtype), g, 1 if count_include_pad else 0)
+        inside[g.pad_top + g.h + g.pad_bottom:, :] = 0
+        inside[:, g.pad_left + g.w + g.pad_right:] = 0
+        counts = _windows(inside, g).sum(axis=-1)
+    with np.errstate(**IEEE_SILENT):
+        share = _to_nchw(grad.grad_out, args.layout) / counts
+        gxp = _pad(np.zeros((g.n, g.c, g.h, g.w), dtype=args.dtype), g, 0)
+        for _, _, hs, ws in _taps(g):
+            gxp[..., hs, ws] += share
+    return args.restore(_from_nchw(_crop(gxp, g), args.layout))

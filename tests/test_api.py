@@ -19,7 +19,8 @@ import pytest
 import fastconv
 from fastconv import _threads, reference
 
-OPS = ("conv2d", "relu", "max_pool2d", "avg_pool2d", "im2col", "col2im")
+OPS = ("conv2d", "relu", "max_pool2d", "avg_pool2d", "im2col", "col2im", "conv2d_backward",
+       "relu_backward", "max_pool2d_backward", "avg_pool2d_backward")
 PUBLIC = set(OPS) | {"set_num_threads", "get_num_threads", "show_config", "config"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,15 +8,7 @@ computation; work is split over output rows so that both cores are busy even at 
 from cython cimport floating
 from cython.parallel cimport prange
 
-
-cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
-                              Py_ssize_t n_out, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Output positions o in [lo, hi) whose input position o*stride + offset lies in [0, size)."""
-    cdef Py_ssize_t last = size - 1 - offset
-    lo[0] = 0 if offset >= 0 else (-offset + stride - 1) // stride
-    hi[0] = 0 if last < 0 else last // stride + 1
-    if hi[0] > n_out:
-        hi[0] = n_out
+from fastconv._kernels._ranges cimport valid_range
 
 
 cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
@@ -51,7 +43,7 @@ cdef inline void _nchw_row(
             for kw in range(KW):
                 wv = w[(ci * KH + kh) * KW + kw]
                 off = kw * dw - pl
-                _valid_range(off, sw, W, OW, &lo, &hi)
+                valid_range(off, sw, W, OW, &lo, &hi)
                 # Unit stride gets its own loop so the compiler vectorises it.
                 if sw == 1:
                     for ow in range(lo, hi):

@@ -9,6 +9,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
+from fastconv._kernels._ranges cimport valid_range
+
 
 def im2col_nchw(
     const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -239,4 +241,106 @@ def col2im_nhwc(
                         if ow >= 0:
                             src = cp + (n * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * C
                             for c in range(C):
+                                dst[c] += src[c]
+
+
+cdef inline void _add_cols_t_plane(
+    const floating* rows,   # IN  the KH*KW rows of this channel in cols_t: (KH*KW, L)
+    floating* plane,        # IN/OUT the (H, W) plane the rows are added to
+    Py_ssize_t p0, Py_ssize_t L, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+    Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t pt, Py_ssize_t pl,
+) noexcept nogil:
+    cdef Py_ssize_t kh, kw, p, end = p0 + L, oh, ow, ow_end, ih, off, lo, hi, i
+    cdef const floating* src
+    cdef floating* dst
+    for kh in range(KH):
+        for kw in range(KW):
+            off = kw * dw - pl
+            p = p0
+            while p < end:
+                # One output row's worth of pixels at a time: [ow, ow_end) of output row oh.
+                oh = p // OW
+                ow = p % OW
+                ow_end = OW if end - p >= OW - ow else ow + (end - p)
+                ih = oh * sh - pt + kh * dh
+                if 0 <= ih < H:
+                    valid_range(off, sw, W, OW, &lo, &hi)
+                    lo = ow if lo < ow else lo
+                    hi = ow_end if hi > ow_end else hi
+                    src = rows + (kh * KW + kw) * L + (p - p0) - ow   # src[i]: pixel (oh, i)
+                    dst = plane + ih * W + off                         # dst[i*sw]: its cell
+                    if sw == 1:
+                        for i in range(lo, hi):
+                            dst[i] += src[i]
+                    else:
+                        for i in range(lo, hi):
+                            dst[i * sw] += src[i]
+                p += ow_end - ow
+
+
+def col2im_nchw_t_add(
+    const floating[:, :, ::1] cols_t,  # IN  (images, c_count*KH*KW, L): pixels p0 .. p0+L
+    floating[:, :, :, ::1] x,          # IN/OUT (N, C, H, W); images n0.., channels c0.. added to
+    Py_ssize_t n0, Py_ssize_t p0, Py_ssize_t c0, Py_ssize_t KH, Py_ssize_t KW,
+    Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Add a transposed column matrix (as built by :func:`im2col_nchw_t`) back into x.
+
+    The adjoint of ``im2col_nchw_t``. One work item is one (image, channel) plane, whose taps
+    are added in a fixed (kh, kw, pixel) order: deterministic for any thread count.
+    """
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t A = cols_t.shape[0], K = cols_t.shape[1], L = cols_t.shape[2]
+    cdef Py_ssize_t cc = K // (KH * KW), r
+    if A * K * L == 0:
+        return
+    cdef const floating* cp = &cols_t[0, 0, 0]
+    cdef floating* xp = &x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(A * cc, schedule="static", num_threads=n_threads):
+            _add_cols_t_plane(cp + r * KH * KW * L,
+                              xp + ((n0 + r // cc) * C + c0 + r % cc) * H * W,
+                              p0, L, H, W, KH, KW, OW, stride_h, stride_w, dilation_h,
+                              dilation_w, pad_top, pad_left)
+
+
+def col2im_nhwc_add(
+    const floating[:, ::1] cols,       # IN  (images*OH*OW, KH*KW*c_count)
+    floating[:, :, :, ::1] x,          # IN/OUT (N, H, W, C); images n0.., channels c0.. added to
+    Py_ssize_t n0, Py_ssize_t c0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Add a column matrix of whole images (as built by :func:`im2col_nhwc`) back into x.
+
+    Gathers per input pixel, in a fixed (kh, kw) order: deterministic for any thread count.
+    """
+    cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t K = cols.shape[1], cc = K // (KH * KW)
+    cdef Py_ssize_t A = cols.shape[0] // (OH * OW)
+    cdef Py_ssize_t r, j, c, ih, iw, kh, kw, oh, ow
+    cdef floating* dst
+    cdef const floating* src
+    if A * H * W * cc == 0:
+        return
+    cdef const floating* cp = &cols[0, 0]
+    cdef floating* xp = &x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(A * H, schedule="static", num_threads=n_threads):
+            j = r // H
+            ih = r % H
+            for iw in range(W):
+                dst = xp + (((n0 + j) * H + ih) * W + iw) * C + c0
+                for kh in range(KH):
+                    oh = _source(ih, kh, stride_h, dilation_h, pad_top, OH)
+                    if oh < 0:
+                        continue
+                    for kw in range(KW):
+                        ow = _source(iw, kw, stride_w, dilation_w, pad_left, OW)
+                        if ow >= 0:
+                            src = cp + (j * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * cc
+                            for c in range(cc):
                                 dst[c] += src[c]

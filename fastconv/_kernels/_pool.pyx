@@ -13,6 +13,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
+from libc.string cimport memset
 
 
 cdef struct Window:
@@ -251,3 +252,218 @@ def avg_pool_nhwc(
     with nogil:
         for r in prange(N * OH, schedule="static", num_threads=n_threads):
             _avg_row_nhwc(xp + (r // OH) * H * W * C, op + r * OW * C, r % OH, &g)
+
+
+# --------------------------------------------------------------------------------------------
+# backward passes
+#
+# Each work item owns whole (n, c) planes of grad_x (NCHW: one plane; NHWC: one image's block of
+# up to CHANNEL_BLOCK channels), zeroes them and adds every window's share in row-major output
+# order. No two threads touch the same cell, and the order of the additions is fixed, so the
+# result is deterministic for any thread count.
+
+cdef enum:
+    CHANNEL_BLOCK = 16
+
+
+cdef inline void _max_backward_plane(
+    const floating* x,      # IN  x[n, c]: (H, W), or NULL when idx is given
+    const floating* gy,     # IN  grad_out[n, c]: (OH, OW)
+    const int64_t* idx,     # IN  indices[n, c]: (OH, OW), or NULL to search the window
+    floating* gx,           # OUT grad_x[n, c]: (H, W)
+    Py_ssize_t OH, const Geometry* g,
+) noexcept nogil:
+    cdef Py_ssize_t oh, ow, h, w, best
+    cdef Window wh, ww
+    cdef floating m, v
+    memset(gx, 0, g.H * g.W * sizeof(floating))
+    for oh in range(OH):
+        wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, 0)
+        for ow in range(g.OW):
+            if idx != NULL:
+                best = idx[oh * g.OW + ow]
+            else:
+                # The same search as the forward pass: first maximum, first NaN.
+                ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
+                best = wh.start * g.W + ww.start
+                m = -INFINITY
+                for h in range(wh.start, wh.end):
+                    for w in range(ww.start, ww.end):
+                        v = x[h * g.W + w]
+                        if _beats(v, m):
+                            m = v
+                            best = h * g.W + w
+            gx[best] += gy[oh * g.OW + ow]
+
+
+def max_pool_backward_nchw(
+    const floating[:, :, :, ::1] x,        # IN  (N, C, H, W), or (0, 0, 0, 0) when indices given
+    const floating[:, :, :, ::1] grad_out, # IN  (N, C, OH, OW)
+    const int64_t[:, :, :, ::1] indices,   # IN  like grad_out, or (0, 0, 0, 0) to search
+    floating[:, :, :, ::1] grad_x,         # OUT (N, C, H, W), overwritten
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t stride_h, Py_ssize_t stride_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Max pooling backward, NCHW. One work item is one (n, c) plane."""
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2]
+    cdef Py_ssize_t W = grad_x.shape[3], OH = grad_out.shape[2], OW = grad_out.shape[3], r
+    cdef Geometry g = _geometry(H, W, C, OW, KH, KW, stride_h, stride_w, pad_top, 0, pad_left,
+                                0, False, 0)
+    if N * C * H * W == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0] if x.shape[0] > 0 else NULL
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const int64_t* ip = &indices[0, 0, 0, 0] if indices.shape[0] > 0 else NULL
+    cdef floating* op = &grad_x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * C, schedule="static", num_threads=n_threads):
+            _max_backward_plane(xp + r * H * W if xp != NULL else NULL, gp + r * OH * OW,
+                                ip + r * OH * OW if ip != NULL else NULL, op + r * H * W,
+                                OH, &g)
+
+
+cdef inline void _max_backward_block(
+    const floating* x,      # IN  x[n]: (H, W, C), or NULL when idx is given
+    const floating* gy,     # IN  grad_out[n]: (OH, OW, C)
+    const int64_t* idx,     # IN  indices[n]: (OH, OW, C), or NULL to search the window
+    floating* gx,           # OUT grad_x[n]: (H, W, C); channels c0 .. c0+cb are written
+    Py_ssize_t c0, Py_ssize_t cb, Py_ssize_t OH, const Geometry* g,
+) noexcept nogil:
+    cdef Py_ssize_t oh, ow, h, w, c, q, C = g.C
+    cdef Window wh, ww
+    cdef floating m[CHANNEL_BLOCK]
+    cdef int64_t best[CHANNEL_BLOCK]
+    cdef const floating* pix
+    for q in range(g.H * g.W):
+        memset(gx + q * C + c0, 0, cb * sizeof(floating))
+    for oh in range(OH):
+        wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, 0)
+        for ow in range(g.OW):
+            q = (oh * g.OW + ow) * C + c0
+            if idx != NULL:
+                for c in range(cb):
+                    best[c] = idx[q + c]
+            else:
+                ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
+                for c in range(cb):
+                    m[c] = -INFINITY
+                    best[c] = wh.start * g.W + ww.start
+                for h in range(wh.start, wh.end):
+                    for w in range(ww.start, ww.end):
+                        pix = x + (h * g.W + w) * C + c0
+                        for c in range(cb):
+                            if _beats(pix[c], m[c]):
+                                m[c] = pix[c]
+                                best[c] = h * g.W + w
+            for c in range(cb):
+                gx[best[c] * C + c0 + c] += gy[q + c]
+
+
+def max_pool_backward_nhwc(
+    const floating[:, :, :, ::1] x,        # IN  (N, H, W, C), or (0, 0, 0, 0) when indices given
+    const floating[:, :, :, ::1] grad_out, # IN  (N, OH, OW, C)
+    const int64_t[:, :, :, ::1] indices,   # IN  like grad_out, or (0, 0, 0, 0) to search
+    floating[:, :, :, ::1] grad_x,         # OUT (N, H, W, C), overwritten
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t stride_h, Py_ssize_t stride_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """Max pooling backward, NHWC. One work item is one image's block of channels."""
+    cdef Py_ssize_t N = grad_x.shape[0], H = grad_x.shape[1], W = grad_x.shape[2]
+    cdef Py_ssize_t C = grad_x.shape[3], OH = grad_out.shape[1], OW = grad_out.shape[2], r
+    cdef Py_ssize_t blocks = (C + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK, c0, cb
+    cdef Geometry g = _geometry(H, W, C, OW, KH, KW, stride_h, stride_w, pad_top, 0, pad_left,
+                                0, False, 0)
+    if N * C * H * W == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0] if x.shape[0] > 0 else NULL
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const int64_t* ip = &indices[0, 0, 0, 0] if indices.shape[0] > 0 else NULL
+    cdef floating* op = &grad_x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * blocks, schedule="static", num_threads=n_threads):
+            c0 = (r % blocks) * CHANNEL_BLOCK
+            cb = C - c0 if C - c0 < CHANNEL_BLOCK else CHANNEL_BLOCK
+            _max_backward_block(xp + (r // blocks) * H * W * C if xp != NULL else NULL,
+                                gp + (r // blocks) * OH * OW * C,
+                                ip + (r // blocks) * OH * OW * C if ip != NULL else NULL,
+                                op + (r // blocks) * H * W * C, c0, cb, OH, &g)
+
+
+cdef inline void _avg_backward_plane(const floating* gy, floating* gx, Py_ssize_t OH,
+                                     const Geometry* g) noexcept nogil:
+    cdef Py_ssize_t oh, ow, h, w
+    cdef Window wh, ww
+    cdef floating share
+    memset(gx, 0, g.H * g.W * sizeof(floating))
+    for oh in range(OH):
+        wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, g.pad_bottom)
+        for ow in range(g.OW):
+            ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, g.pad_right)
+            share = gy[oh * g.OW + ow] / <floating>_divisor(g, wh, ww)
+            for h in range(wh.start, wh.end):
+                for w in range(ww.start, ww.end):
+                    gx[h * g.W + w] += share
+
+
+def avg_pool_backward_nchw(
+    const floating[:, :, :, ::1] grad_out, # IN  (N, C, OH, OW)
+    floating[:, :, :, ::1] grad_x,         # OUT (N, C, H, W), overwritten
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t stride_h, Py_ssize_t stride_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_bottom, Py_ssize_t pad_left, Py_ssize_t pad_right,
+    bint count_include_pad, Py_ssize_t divisor_override, int n_threads,
+):
+    """Average pooling backward, NCHW. One work item is one (n, c) plane."""
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], H = grad_x.shape[2]
+    cdef Py_ssize_t W = grad_x.shape[3], OH = grad_out.shape[2], OW = grad_out.shape[3], r
+    cdef Geometry g = _geometry(H, W, C, OW, KH, KW, stride_h, stride_w, pad_top, pad_bottom,
+                                pad_left, pad_right, count_include_pad, divisor_override)
+    if N * C * H * W == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* op = &grad_x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * C, schedule="static", num_threads=n_threads):
+            _avg_backward_plane(gp + r * OH * OW, op + r * H * W, OH, &g)
+
+
+cdef inline void _avg_backward_image(const floating* gy, floating* gx, Py_ssize_t OH,
+                                     const Geometry* g) noexcept nogil:
+    cdef Py_ssize_t oh, ow, h, w, c, C = g.C
+    cdef Window wh, ww
+    cdef floating div
+    cdef const floating* src
+    cdef floating* dst
+    memset(gx, 0, g.H * g.W * C * sizeof(floating))
+    for oh in range(OH):
+        wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, g.pad_bottom)
+        for ow in range(g.OW):
+            ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, g.pad_right)
+            div = <floating>_divisor(g, wh, ww)
+            src = gy + (oh * g.OW + ow) * C
+            for h in range(wh.start, wh.end):
+                for w in range(ww.start, ww.end):
+                    dst = gx + (h * g.W + w) * C
+                    for c in range(C):
+                        dst[c] += src[c] / div
+
+
+def avg_pool_backward_nhwc(
+    const floating[:, :, :, ::1] grad_out, # IN  (N, OH, OW, C)
+    floating[:, :, :, ::1] grad_x,         # OUT (N, H, W, C), overwritten
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t stride_h, Py_ssize_t stride_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_bottom, Py_ssize_t pad_left, Py_ssize_t pad_right,
+    bint count_include_pad, Py_ssize_t divisor_override, int n_threads,
+):
+    """Average pooling backward, NHWC. One work item is one image; channels are the inner,
+    vectorised loop."""
+    cdef Py_ssize_t N = grad_x.shape[0], H = grad_x.shape[1], W = grad_x.shape[2]
+    cdef Py_ssize_t C = grad_x.shape[3], OH = grad_out.shape[1], OW = grad_out.shape[2], r
+    cdef Geometry g = _geometry(H, W, C, OW, KH, KW, stride_h, stride_w, pad_top, pad_bottom,
+                                pad_left, pad_right, count_include_pad, divisor_override)
+    if N * C * H * W == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef floating* op = &grad_x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            _avg_backward_image(gp + r * OH * OW * C, op + r * H * W * C, OH, &g)

@@ -16,3 +16,16 @@ def relu(
         for i in prange(n, schedule="static", num_threads=n_threads):
             v = x[i]
             out[i] = 0 if v <= 0 else v
+
+
+def relu_backward(
+    const floating[::1] grad_out,  # IN  flat
+    const floating[::1] x,         # IN  flat, same length: ReLU's input or output
+    floating[::1] out,             # OUT flat, same length; may be grad_out's or x's buffer
+    int n_threads,
+):
+    """``out[i] = 0 if x[i] <= 0 else grad_out[i]``: PyTorch's rule (a NaN x passes grad_out)."""
+    cdef Py_ssize_t n = x.shape[0], i
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            out[i] = 0 if x[i] <= 0 else grad_out[i]

@@ -1,0 +1,11 @@
+# Index arithmetic shared by the kernels (inline, so cimporting it costs nothing at run time).
+
+
+cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                             Py_ssize_t n_out, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Output positions o in [lo, hi) whose input position o*stride + offset lies in [0, size)."""
+    cdef Py_ssize_t last = size - 1 - offset
+    lo[0] = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi[0] = 0 if last < 0 else last // stride + 1
+    if hi[0] > n_out:
+        hi[0] = n_out
