@@ -515,7 +515,8 @@ class PoolArgs:
         return spatial_shape(g.n, g.c, g.out_h, g.out_w, self.layout)
 
 
-def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func) -> PoolArgs:
+def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func,
+              x_name="x shape") -> PoolArgs:
     """Validate and normalise the arguments shared by ``max_pool2d`` and ``avg_pool2d``."""
     layout = normalize_layout(layout, func)
     x = as_array(x, "x", func)
@@ -526,19 +527,33 @@ def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func) -> PoolA
         stride = kernel_hw
     geometry = make_geometry(
         x4.shape, layout, kernel_hw, stride, padding, 1, func,
-        ceil_mode=bool(ceil_mode), x_desc=f"x shape {x.shape}, ", kernel_desc="kernel_size",
+        ceil_mode=bool(ceil_mode), x_desc=f"{x_name} {x.shape}, ", kernel_desc="kernel_size",
     )
     pads = (geometry.pad_top, geometry.pad_bottom, geometry.pad_left, geometry.pad_right)
     halves = (kernel_hw[0], kernel_hw[0], kernel_hw[1], kernel_hw[1])
     if any(2 * p > k for p, k in zip(pads, halves)):
         raise ValueError(
             f"{func}: padding {((pads[0], pads[1]), (pads[2], pads[3]))} must be at most half "
-            f"of kernel_size {kernel_hw} (x shape {x.shape})"
+            f"of kernel_size {kernel_hw} ({x_name} {x.shape})"
         )
     args = PoolArgs(x=x4.astype(dtype, copy=False), geometry=geometry, layout=layout,
                     dtype=dtype, restore=restore)
     check_size(args.out_shape4, dtype.itemsize, "the output", func)
     return args
+
+
+def check_index_offsets(args: PoolArgs, func: str) -> None:
+    """Refuse max-pool index searches whose in-window offsets would overflow a C int.
+
+    The kernels record a window's maximum as its offset ``row * W + column`` from the window's
+    first cell, as an int (so the select vectorises alongside float32 compares).
+    """
+    g = args.geometry
+    if (g.kernel_h - 1) * g.w + g.kernel_w > MAX_GEOMETRY:
+        raise ValueError(
+            f"{func}: cannot compute indices for kernel_size {(g.kernel_h, g.kernel_w)} over rows "
+            f"of width {g.w}: (kernel_h - 1) * W + kernel_w must be at most {MAX_GEOMETRY}"
+        )
 
 
 def avg_divisor(divisor_override: Any, func: str) -> int:
@@ -678,11 +693,11 @@ class PoolGradArgs:
 
 
 def pool_backward_args(grad_out, x, kernel_size, stride, padding, layout, ceil_mode, forward,
-                       func) -> PoolGradArgs:
+                       func, x_name="x shape") -> PoolGradArgs:
     """Validate a pooling backward's arguments; ``x`` may be a broadcast stand-in (avg_pool2d)."""
-    args = pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func)
+    args = pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func, x_name)
     grad_out = check_grad_out(grad_out, final_shape(args.restore, args.out_shape4), forward,
-                              f"x shape {np.shape(x)}", func)
+                              f"{x_name} {np.shape(x)}", func)
     dtype = np.result_type(args.dtype, compute_dtype(grad_out.dtype, "grad_out", func))
     args = PoolArgs(x=args.x.astype(dtype, copy=False), geometry=args.geometry,
                     layout=args.layout, dtype=dtype, restore=args.restore)
@@ -738,7 +753,7 @@ def avg_pool_backward_args(grad_out, input_shape, kernel_size, stride, padding, 
     grad_out = as_array(grad_out, "grad_out", func)
     stand_in = input_shape_arg(input_shape, compute_dtype(grad_out.dtype, "grad_out", func), func)
     return pool_backward_args(grad_out, stand_in, kernel_size, stride, padding, layout,
-                              ceil_mode, "avg_pool2d", func)
+                              ceil_mode, "avg_pool2d", func, x_name="input_shape")
 
 
 def relu_backward_args(grad_out, x, func="relu_backward"):

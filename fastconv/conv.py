@@ -449,7 +449,7 @@ def _backward_im2col(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threa
                 gyi = gy3[n0:n1, co, p0:p1]
                 if need_w:
                     if pointwise:
-                        cols_t = x3[n0:n1, ci]
+                        cols_t = x3[n0:n1, ci, p0:p1]
                     else:
                         cols_t = buffer[:b * k * span].reshape(b, k, span)
                         _im2col.im2col_nchw_t(x, cols_t, n0, p0, i * cig, *geometry, serial)
@@ -458,7 +458,7 @@ def _backward_im2col(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threa
                         gw2[co] += product
                 if need_x:
                     if pointwise:
-                        np.matmul(w2[co].T, gyi, out=gx3[n0:n1, ci])
+                        np.matmul(w2[co].T, gyi, out=gx3[n0:n1, ci, p0:p1])
                     else:
                         grad_cols_t = buffer[:b * k * span].reshape(b, k, span)
                         np.matmul(w2[co].T, gyi, out=grad_cols_t)

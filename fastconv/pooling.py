@@ -98,6 +98,7 @@ def max_pool2d(
     g = args.geometry
     if return_indices:
         _validate.check_size(shape4, np.dtype(np.int64).itemsize, "the indices", func)
+        _validate.check_index_offsets(args, func)
     target4 = _validate.kernel_target(out, shape4, args.dtype, args.x).reshape(shape4)
     indices4 = np.empty(shape4 if return_indices else (0, 0, 0, 0), dtype=np.int64)
     kernel = _pool.max_pool_nchw if args.layout == "NCHW" else _pool.max_pool_nhwc
@@ -239,6 +240,8 @@ def max_pool2d_backward(
                                                       layout, ceil_mode, indices, func)
     n_threads = _threads.resolve(num_threads, func)
     args, g = grad.pool, grad.pool.geometry
+    if indices4 is None:
+        _validate.check_index_offsets(args, func)
     grad_x = np.empty(args.x.shape, dtype=args.dtype)
     empty = np.empty((0, 0, 0, 0), dtype=args.dtype)
     source = empty if indices4 is not None else np.ascontiguousarray(args.x)

@@ -619,8 +619,8 @@ def max_pool2d_backward(
         _, idx = max_pool2d(args.x, kernel_size, stride, padding, layout=args.layout,
                             ceil_mode=ceil_mode, return_indices=True)
         idx4 = idx
-    planes = _to_nchw(idx4, args.layout).reshape(g.n * g.c, -1)
-    gy = _to_nchw(grad.grad_out, args.layout).reshape(g.n * g.c, -1)
+    planes = _to_nchw(idx4, args.layout).reshape(g.n * g.c, g.out_pixels)
+    gy = _to_nchw(grad.grad_out, args.layout).reshape(g.n * g.c, g.out_pixels)
     gx = np.zeros((g.n * g.c, g.h * g.w), dtype=args.dtype)
     rows = np.broadcast_to(np.arange(g.n * g.c)[:, np.newaxis], planes.shape)
     with np.errstate(**IEEE_SILENT):

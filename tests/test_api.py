@@ -93,6 +93,14 @@ def _valid_call(name):
         return (x, 2), {}
     if name == "col2im":
         return (np.zeros((9, 8)), (1, 2, 4, 4), 2), {}
+    if name == "conv2d_backward":
+        return (np.zeros((1, 3, 2, 2)), x, np.zeros((3, 2, 3, 3))), {}
+    if name == "relu_backward":
+        return (x, x), {}
+    if name == "max_pool2d_backward":
+        return (np.zeros((1, 2, 2, 2)), x, 2), {}
+    if name == "avg_pool2d_backward":
+        return (np.zeros((1, 2, 2, 2)), x.shape, 2), {}
     raise AssertionError(name)
 
 

@@ -15,6 +15,8 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
+from fastconv._kernels._ranges cimport valid_range
+
 
 cdef struct Window:
     Py_ssize_t start       # first real cell
@@ -47,32 +49,89 @@ cdef struct Geometry:
     bint count_include_pad
 
 
+cdef enum:
+    ROW_CHUNK = 64      # output pixels searched together by _max_chunk (stack arrays)
+
+
+cdef inline void _max_tap(const floating* src, Py_ssize_t stride, Py_ssize_t n, floating* m,
+                          int* best_tap, int tap, bint want_index) noexcept nogil:
+    """Fold one kernel tap into n running maxima: src[i * stride] is output i's cell. With
+    want_index, best_tap[i] records the tap number of output i's maximum. Called with a literal
+    stride for the common cases so the inlined loop has a constant stride and vectorises; int
+    tap numbers keep the index select as wide as the float compare."""
+    cdef Py_ssize_t i
+    cdef floating v
+    cdef bint better
+    if want_index:
+        for i in range(n):
+            v = src[i * stride]
+            better = _beats(v, m[i])
+            best_tap[i] = tap if better else best_tap[i]
+            m[i] = v if better else m[i]
+    else:
+        for i in range(n):
+            v = src[i * stride]
+            m[i] = v if _beats(v, m[i]) else m[i]
+
+
+cdef inline void _max_chunk(const floating* plane, Py_ssize_t oh, Py_ssize_t ow0, Py_ssize_t n,
+                            floating* m, int64_t* best, bint want_index,
+                            const Geometry* g) noexcept nogil:
+    """Maxima of output pixels ow0 .. ow0+n of row oh of one (n, c) plane, and with want_index
+    the flat index of each first maximum.
+
+    Visits the window one tap at a time across all n outputs (rows top to bottom, then columns
+    left to right: row-major window order, so the first maximum or NaN wins as in a scalar
+    search), which turns the compare-and-select into a loop over outputs that vectorises.
+    A tap is recorded as its offset from the window's first real row and column,
+    (h - first row) * W + kw, which fits an int (checked by fastconv._validate.index_offsets).
+    """
+    cdef Window wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, 0)
+    cdef Py_ssize_t i, h, kw, off, lo, hi, col, sw = g.stride_w
+    cdef int best_tap[ROW_CHUNK]
+    cdef int tap
+    cdef const floating* src
+    for i in range(n):
+        m[i] = -INFINITY
+        col = (ow0 + i) * sw - g.pad_left
+        best_tap[i] = <int>(-col if col < 0 else 0)     # the window's first real cell
+    for h in range(wh.start, wh.end):
+        for kw in range(g.KW):
+            off = kw - g.pad_left              # output ow reads column ow * sw + off
+            valid_range(off, sw, g.W, ow0 + n, &lo, &hi)
+            if lo < ow0:
+                lo = ow0
+            if hi <= lo:
+                continue
+            src = plane + h * g.W + lo * sw + off
+            tap = <int>((h - wh.start) * g.W + kw)
+            if sw == 1:
+                _max_tap(src, 1, hi - lo, m + lo - ow0, best_tap + lo - ow0, tap, want_index)
+            elif sw == 2:
+                _max_tap(src, 2, hi - lo, m + lo - ow0, best_tap + lo - ow0, tap, want_index)
+            else:
+                _max_tap(src, sw, hi - lo, m + lo - ow0, best_tap + lo - ow0, tap, want_index)
+    if want_index:
+        for i in range(n):
+            col = (ow0 + i) * sw - g.pad_left
+            best[i] = wh.start * g.W + col + best_tap[i]
+
+
 cdef inline void _max_row_nchw(const floating* plane, floating* o, int64_t* idx, Py_ssize_t oh,
                                const Geometry* g) noexcept nogil:
     """Output row oh of one (n, c) plane; ``idx`` may be NULL."""
-    cdef Window wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, 0)
-    cdef Window ww
-    cdef Py_ssize_t ow, h, w, best
-    cdef floating m, v
-    for ow in range(g.OW):
-        ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
-        m = -INFINITY
-        if idx == NULL:
-            # Selects rather than branches: random data would mispredict every other compare.
-            for h in range(wh.start, wh.end):
-                for w in range(ww.start, ww.end):
-                    v = plane[h * g.W + w]
-                    m = v if _beats(v, m) else m
-        else:
-            best = wh.start * g.W + ww.start
-            for h in range(wh.start, wh.end):
-                for w in range(ww.start, ww.end):
-                    v = plane[h * g.W + w]
-                    if _beats(v, m):
-                        m = v
-                        best = h * g.W + w
-            idx[ow] = best
-        o[ow] = m
+    cdef floating m[ROW_CHUNK]
+    cdef int64_t best[ROW_CHUNK]
+    cdef Py_ssize_t ow0 = 0, n, i
+    while ow0 < g.OW:
+        n = g.OW - ow0 if g.OW - ow0 < ROW_CHUNK else ROW_CHUNK
+        _max_chunk(plane, oh, ow0, n, m, best, idx != NULL, g)
+        for i in range(n):
+            o[ow0 + i] = m[i]
+        if idx != NULL:
+            for i in range(n):
+                idx[ow0 + i] = best[i]
+        ow0 += n
 
 
 cdef inline void _max_row_nhwc(const floating* image, floating* o, int64_t* idx, Py_ssize_t oh,
@@ -269,31 +328,26 @@ cdef enum:
 cdef inline void _max_backward_plane(
     const floating* x,      # IN  x[n, c]: (H, W), or NULL when idx is given
     const floating* gy,     # IN  grad_out[n, c]: (OH, OW)
-    const int64_t* idx,     # IN  indices[n, c]: (OH, OW), or NULL to search the window
+    const int64_t* idx,     # IN  indices[n, c]: (OH, OW), or NULL to search the windows
     floating* gx,           # OUT grad_x[n, c]: (H, W)
     Py_ssize_t OH, const Geometry* g,
 ) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, w, best
-    cdef Window wh, ww
-    cdef floating m, v
+    cdef floating m[ROW_CHUNK]
+    cdef int64_t best[ROW_CHUNK]
+    cdef Py_ssize_t oh, ow, ow0, n, i
     memset(gx, 0, g.H * g.W * sizeof(floating))
     for oh in range(OH):
-        wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, 0)
-        for ow in range(g.OW):
-            if idx != NULL:
-                best = idx[oh * g.OW + ow]
-            else:
-                # The same search as the forward pass: first maximum, first NaN.
-                ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
-                best = wh.start * g.W + ww.start
-                m = -INFINITY
-                for h in range(wh.start, wh.end):
-                    for w in range(ww.start, ww.end):
-                        v = x[h * g.W + w]
-                        if _beats(v, m):
-                            m = v
-                            best = h * g.W + w
-            gx[best] += gy[oh * g.OW + ow]
+        if idx != NULL:
+            for ow in range(g.OW):
+                gx[idx[oh * g.OW + ow]] += gy[oh * g.OW + ow]
+        else:
+            ow0 = 0
+            while ow0 < g.OW:
+                n = g.OW - ow0 if g.OW - ow0 < ROW_CHUNK else ROW_CHUNK
+                _max_chunk(x, oh, ow0, n, m, best, True, g)   # the forward pass's search
+                for i in range(n):
+                    gx[best[i]] += gy[oh * g.OW + ow0 + i]
+                ow0 += n
 
 
 def max_pool_backward_nchw(
@@ -333,6 +387,7 @@ cdef inline void _max_backward_block(
     cdef Window wh, ww
     cdef floating m[CHANNEL_BLOCK]
     cdef int64_t best[CHANNEL_BLOCK]
+    cdef bint better
     cdef const floating* pix
     for q in range(g.H * g.W):
         memset(gx + q * C + c0, 0, cb * sizeof(floating))
@@ -352,9 +407,9 @@ cdef inline void _max_backward_block(
                     for w in range(ww.start, ww.end):
                         pix = x + (h * g.W + w) * C + c0
                         for c in range(cb):
-                            if _beats(pix[c], m[c]):
-                                m[c] = pix[c]
-                                best[c] = h * g.W + w
+                            better = _beats(pix[c], m[c])
+                            best[c] = h * g.W + w if better else best[c]
+                            m[c] = pix[c] if better else m[c]
             for c in range(cb):
                 gx[best[c] * C + c0 + c] += gy[q + c]
 
