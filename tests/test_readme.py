@@ -18,8 +18,9 @@ def _blocks(language):
 def test_readme_python_tour_runs():
     blocks = _blocks("python")
     assert blocks, "README.md has no python block"
+    namespace = {}   # the blocks are one tour: later ones use names defined earlier
     for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+        exec(compile(block, str(README), "exec"), namespace)
 
 
 def test_readme_starts_with_the_two_setup_commands():
