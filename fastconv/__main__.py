@@ -1,9 +1,11 @@
-"""Command line: ``python -m fastconv [demo|config] ...``.
+"""Command line: ``python -m fastconv [demo|train|bench|config] ...``.
 
 ``python -m fastconv`` with no subcommand runs ``demo`` with its defaults. Each subcommand is
 registered by one ``_add_<name>`` function that sets ``func`` to a handler taking the parsed
 arguments and returning the exit status, so new subcommands (``bench``, ``train``) slot in by
-adding one such function to :data:`SUBCOMMANDS`.
+adding one such function to :data:`SUBCOMMANDS`. ``train`` and ``bench`` keep their options
+and handlers in their own modules (``_train``, ``_bench``): ``add_arguments(parser)``,
+``run(args) -> int``, ``HELP`` and ``DESCRIPTION``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,23 @@ def _add_config(subparsers) -> None:
     p.set_defaults(func=_run_config)
 
 
-SUBCOMMANDS: List[Callable] = [_add_demo, _add_config]
+def _add_bench(subparsers) -> None:
+    from . import _bench
+
+    p = subparsers.add_parser("bench", help=_bench.HELP, description=_bench.DESCRIPTION)
+    _bench.add_arguments(p)
+    p.set_defaults(func=_bench.run)
+
+
+def _add_train(subparsers) -> None:
+    from . import _train
+
+    p = subparsers.add_parser("train", help=_train.HELP, description=_train.DESCRIPTION)
+    _train.add_arguments(p)
+    p.set_defaults(func=_train.run)
+
+
+SUBCOMMANDS: List[Callable] = [_add_demo, _add_train, _add_bench, _add_config]
 
 
 def build_parser() -> argparse.ArgumentParser:
