@@ -373,9 +373,12 @@ def conv2d_backward(
 
 
 def _backward_direct(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threads: int):
-    """The direct NCHW kernels; NHWC runs them on transposed copies."""
+    """The direct NCHW kernels; NHWC has its own depthwise kernels and runs the NCHW kernels on
+    transposed copies otherwise."""
     g = args.geometry
     nhwc = args.layout == "NHWC"
+    if nhwc and args.groups == g.c == args.c_out:
+        return _backward_depthwise_nhwc(gy, x, w, grad_x, grad_w, args, n_threads)
     if nhwc:
         gy = np.ascontiguousarray(gy.transpose(0, 3, 1, 2))
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -404,6 +407,29 @@ def _backward_direct(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threa
                                                    pad_left, args.groups, threads)
         if nhwc:
             grad_w[...] = gw.transpose(2, 3, 1, 0)
+
+
+def _backward_depthwise_nhwc(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs,
+                             n_threads: int):
+    g = args.geometry
+    geometry = (g.stride_h, g.stride_w, g.dilation_h, g.dilation_w)
+    work = g.n * g.c * g.out_pixels * g.kernel_h * g.kernel_w
+    if grad_x is not None:
+        threads = _threads.for_work(n_threads, work, g.n * g.h)
+        _conv_backward.depthwise_backward_input_nhwc(gy, w, grad_x, *geometry, g.pad_top,
+                                                     g.pad_left, threads)
+    if grad_w is not None:
+        pad_top, pad_left = g.pad_top, g.pad_left
+        pads = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
+        if any(p for pair in pads for p in pair) and not np.isfinite(gy).all():
+            x = np.pad(x, ((0, 0),) + pads + ((0, 0),))   # see _backward_direct
+            pad_top = pad_left = 0
+        # Channel blocks of a multiple of 16, one per thread when there are enough channels.
+        threads = _threads.for_work(n_threads, work, -(-g.c // 16))
+        block = 16 * -(-g.c // (16 * threads))
+        scratch = np.empty((threads, g.kernel_h * g.kernel_w * block), dtype=args.dtype)
+        _conv_backward.depthwise_backward_weight_nhwc(gy, x, grad_w, scratch, block, *geometry,
+                                                      pad_top, pad_left, threads)
 
 
 def _backward_im2col(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threads: int):

@@ -1,4 +1,5 @@
-"""Direct backward kernels of 2-D convolution (NCHW), for the input and for the weight.
+"""Direct backward kernels of 2-D convolution, for the input and for the weight: any groups in
+NCHW, and depthwise (one filter per channel) in NHWC.
 
 Compute only; see ``fastconv.conv.conv2d_backward``. Both are deterministic: every output
 element is owned by one work item, which sums its terms in a fixed order, so the result does not
@@ -10,7 +11,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from fastconv._kernels._ranges cimport valid_range
+from fastconv._kernels._ranges cimport source_index, valid_range
 
 
 cdef struct Geometry:
@@ -157,3 +158,128 @@ def conv2d_backward_weight_nchw(
             _weight_item(gp + co * q.OH * q.OW, xp + ((co // cog) * cig + cil) * q.H * q.W,
                          wp + r * q.KH * q.KW, sp + threadid() * s_len,
                          N, C_out * q.OH * q.OW, C * q.H * q.W, &q)
+
+
+# --------------------------------------------------------------------------------------------
+# depthwise, NHWC: channels are the inner, vectorised loop
+
+
+cdef inline void _depthwise_input_row(
+    const floating* gy,     # IN  grad_out[n]: (OH, OW, C)
+    const floating* w,      # IN  weight: (KH, KW, 1, C)
+    floating* gx,           # OUT grad_x[n, ih]: (W, C), overwritten
+    Py_ssize_t ih, Py_ssize_t C, const Geometry* q,
+) noexcept nogil:
+    cdef Py_ssize_t iw, kh, kw, oh, ow, c
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* wv
+    for iw in range(q.W):
+        dst = gx + iw * C
+        for c in range(C):
+            dst[c] = 0
+        for kh in range(q.KH):
+            oh = source_index(ih, kh, q.sh, q.dh, q.pt, q.OH)
+            if oh < 0:
+                continue
+            for kw in range(q.KW):
+                ow = source_index(iw, kw, q.sw, q.dw, q.pl, q.OW)
+                if ow < 0:
+                    continue
+                src = gy + (oh * q.OW + ow) * C
+                wv = w + (kh * q.KW + kw) * C
+                for c in range(C):
+                    dst[c] += wv[c] * src[c]
+
+
+def depthwise_backward_input_nhwc(
+    const floating[:, :, :, ::1] grad_out,  # IN  (N, OH, OW, C)
+    const floating[:, :, :, ::1] weight,    # IN  (KH, KW, 1, C)
+    floating[:, :, :, ::1] grad_x,          # OUT (N, H, W, C), overwritten
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """grad_x of a depthwise convolution (groups == C_in == C_out), NHWC. Gathers per input
+    pixel in a fixed (kh, kw) order; one work item is one input row (n, ih)."""
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[3], r
+    cdef Geometry q
+    q.H, q.W, q.OH, q.OW = grad_x.shape[1], grad_x.shape[2], grad_out.shape[1], grad_out.shape[2]
+    q.KH, q.KW, q.sh, q.sw = weight.shape[0], weight.shape[1], stride_h, stride_w
+    q.dh, q.dw, q.pt, q.pl = dilation_h, dilation_w, pad_top, pad_left
+    if N * q.H * q.W * C == 0:
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0, 0, 0]
+    cdef floating* xp = &grad_x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * q.H, schedule="static", num_threads=n_threads):
+            _depthwise_input_row(gp + (r // q.H) * q.OH * q.OW * C, wp, xp + r * q.W * C,
+                                 r % q.H, C, &q)
+
+
+cdef inline void _depthwise_weight_block(
+    const floating* gy,     # IN  grad_out: (N, OH, OW, C), from channel c0
+    const floating* x,      # IN  x: (N, H, W, C), from channel c0
+    floating* gw,           # OUT grad_weight: (KH, KW, 1, C), from channel c0; cb written
+    floating* acc,          # scratch (KH*KW, cb)
+    Py_ssize_t N, Py_ssize_t C, Py_ssize_t cb, const Geometry* q,
+) noexcept nogil:
+    cdef Py_ssize_t n, oh, ow, kh, kw, ih, iw, c, t
+    cdef const floating* g
+    cdef const floating* xv
+    cdef floating* a
+    memset(acc, 0, q.KH * q.KW * cb * sizeof(floating))
+    for n in range(N):
+        for oh in range(q.OH):
+            for ow in range(q.OW):
+                g = gy + ((n * q.OH + oh) * q.OW + ow) * C
+                for kh in range(q.KH):
+                    ih = oh * q.sh - q.pt + kh * q.dh
+                    if ih < 0 or ih >= q.H:
+                        continue
+                    for kw in range(q.KW):
+                        iw = ow * q.sw - q.pl + kw * q.dw
+                        if iw < 0 or iw >= q.W:
+                            continue
+                        xv = x + ((n * q.H + ih) * q.W + iw) * C
+                        a = acc + (kh * q.KW + kw) * cb
+                        for c in range(cb):
+                            a[c] += g[c] * xv[c]
+    for t in range(q.KH * q.KW):
+        for c in range(cb):
+            gw[t * C + c] = acc[t * cb + c]
+
+
+def depthwise_backward_weight_nhwc(
+    const floating[:, :, :, ::1] grad_out,  # IN  (N, OH, OW, C)
+    const floating[:, :, :, ::1] x,         # IN  (N, H, W, C)
+    floating[:, :, :, ::1] grad_weight,     # OUT (KH, KW, 1, C), overwritten
+    floating[:, ::1] scratch,               # (n_threads, KH*KW*block)
+    Py_ssize_t block,
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, int n_threads,
+):
+    """grad_weight of a depthwise convolution, NHWC. One work item is a block of channels,
+    each summed over the batch in (n, oh, ow, kh, kw) order whatever the block size."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[3], r, c0, cb
+    cdef Py_ssize_t blocks = (C + block - 1) // block
+    cdef Geometry q
+    q.H, q.W, q.OH, q.OW = x.shape[1], x.shape[2], grad_out.shape[1], grad_out.shape[2]
+    q.KH, q.KW, q.sh, q.sw = grad_weight.shape[0], grad_weight.shape[1], stride_h, stride_w
+    q.dh, q.dw, q.pt, q.pl = dilation_h, dilation_w, pad_top, pad_left
+    if C == 0:
+        return
+    cdef floating* wp = &grad_weight[0, 0, 0, 0]
+    cdef floating* sp = &scratch[0, 0]
+    cdef Py_ssize_t s_len = scratch.shape[1]
+    if N == 0:
+        memset(wp, 0, q.KH * q.KW * C * sizeof(floating))
+        return
+    cdef const floating* gp = &grad_out[0, 0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    with nogil:
+        for r in prange(blocks, schedule="static", num_threads=n_threads):
+            c0 = r * block
+            cb = C - c0 if C - c0 < block else block
+            _depthwise_weight_block(gp + c0, xp + c0, wp + c0, sp + threadid() * s_len,
+                                    N, C, cb, &q)

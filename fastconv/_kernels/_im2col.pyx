@@ -9,7 +9,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
-from fastconv._kernels._ranges cimport valid_range
+from fastconv._kernels._ranges cimport source_index, valid_range
 
 
 def im2col_nchw(
@@ -154,20 +154,6 @@ def im2col_nhwc(
                         memset(dst, 0, c_count * sizeof(floating))
 
 
-cdef inline Py_ssize_t _source(Py_ssize_t i, Py_ssize_t k, Py_ssize_t stride,
-                               Py_ssize_t dilation, Py_ssize_t pad,
-                               Py_ssize_t n_out) noexcept nogil:
-    """The output position whose window cell k covers input position i, or -1 if none.
-
-    Returned rather than written through a pointer so that prange sees the caller's variable
-    assigned, and makes it thread-private.
-    """
-    cdef Py_ssize_t t = i + pad - k * dilation
-    if t < 0 or t % stride != 0 or t // stride >= n_out:
-        return -1
-    return t // stride
-
-
 def col2im_nchw(
     const floating[:, ::1] cols,       # IN  (N*OH*OW, C*KH*KW)
     floating[:, :, :, ::1] x,          # OUT (N, C, H, W), fully overwritten
@@ -196,11 +182,11 @@ def col2im_nchw(
             for iw in range(W):
                 acc = 0
                 for kh in range(KH):
-                    oh = _source(ih, kh, stride_h, dilation_h, pad_top, OH)
+                    oh = source_index(ih, kh, stride_h, dilation_h, pad_top, OH)
                     if oh < 0:
                         continue
                     for kw in range(KW):
-                        ow = _source(iw, kw, stride_w, dilation_w, pad_left, OW)
+                        ow = source_index(iw, kw, stride_w, dilation_w, pad_left, OW)
                         if ow >= 0:
                             acc = acc + cp[(n * OH * OW + oh * OW + ow) * K
                                            + (c * KH + kh) * KW + kw]
@@ -233,11 +219,11 @@ def col2im_nhwc(
                 for c in range(C):
                     dst[c] = 0
                 for kh in range(KH):
-                    oh = _source(ih, kh, stride_h, dilation_h, pad_top, OH)
+                    oh = source_index(ih, kh, stride_h, dilation_h, pad_top, OH)
                     if oh < 0:
                         continue
                     for kw in range(KW):
-                        ow = _source(iw, kw, stride_w, dilation_w, pad_left, OW)
+                        ow = source_index(iw, kw, stride_w, dilation_w, pad_left, OW)
                         if ow >= 0:
                             src = cp + (n * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * C
                             for c in range(C):
@@ -335,11 +321,11 @@ def col2im_nhwc_add(
             for iw in range(W):
                 dst = xp + (((n0 + j) * H + ih) * W + iw) * C + c0
                 for kh in range(KH):
-                    oh = _source(ih, kh, stride_h, dilation_h, pad_top, OH)
+                    oh = source_index(ih, kh, stride_h, dilation_h, pad_top, OH)
                     if oh < 0:
                         continue
                     for kw in range(KW):
-                        ow = _source(iw, kw, stride_w, dilation_w, pad_left, OW)
+                        ow = source_index(iw, kw, stride_w, dilation_w, pad_left, OW)
                         if ow >= 0:
                             src = cp + (j * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * cc
                             for c in range(cc):

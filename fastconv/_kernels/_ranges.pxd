@@ -9,3 +9,17 @@ cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t si
     hi[0] = 0 if last < 0 else last // stride + 1
     if hi[0] > n_out:
         hi[0] = n_out
+
+
+cdef inline Py_ssize_t source_index(Py_ssize_t i, Py_ssize_t k, Py_ssize_t stride,
+                                    Py_ssize_t dilation, Py_ssize_t pad,
+                                    Py_ssize_t n_out) noexcept nogil:
+    """The output position whose window cell k covers input position i, or -1 if none.
+
+    Returned rather than written through a pointer so that prange sees the caller's variable
+    assigned, and makes it thread-private.
+    """
+    cdef Py_ssize_t t = i + pad - k * dilation
+    if t < 0 or t % stride != 0 or t // stride >= n_out:
+        return -1
+    return t // stride

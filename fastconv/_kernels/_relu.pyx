@@ -26,6 +26,11 @@ def relu_backward(
 ):
     """``out[i] = 0 if x[i] <= 0 else grad_out[i]``: PyTorch's rule (a NaN x passes grad_out)."""
     cdef Py_ssize_t n = x.shape[0], i
+    cdef floating g, v
     with nogil:
         for i in prange(n, schedule="static", num_threads=n_threads):
-            out[i] = 0 if x[i] <= 0 else grad_out[i]
+            # Both loads unconditional: a select of two loaded values vectorises, a load that
+            # depends on the compare does not.
+            g = grad_out[i]
+            v = x[i]
+            out[i] = 0 if v <= 0 else g
