@@ -101,8 +101,12 @@ def relu_backward(grad_out: ArrayLike, x: ArrayLike, *, out: Optional[np.ndarray
     out = _validate.check_out(out, x.shape, dtype, func)
     g = np.ascontiguousarray(grad_out, dtype=dtype)
     xc = np.ascontiguousarray(x, dtype=dtype)
-    # Element-wise, so writing over an input read at the same index is safe.
-    in_place = out is not None and out.flags.c_contiguous and (out is grad_out or out is x)
+    # Element-wise, so writing over an input read at the same index is safe, provided the other
+    # input is that same array or does not overlap ``out`` at all.
+    in_place = out is not None and out.flags.c_contiguous and (
+        (out is grad_out and (x is out or not np.may_share_memory(out, x)))
+        or (out is x and (grad_out is out or not np.may_share_memory(out, grad_out)))
+    )
     target = out if in_place else _validate.kernel_target(out, x.shape, dtype, grad_out, x)
     threads = _threads.for_work(n_threads, g.size, min_per_thread=_RELU_MIN_PER_THREAD)
     _relu.relu_backward(g.reshape(-1), xc.reshape(-1), target.reshape(-1), threads)

@@ -150,18 +150,26 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     return "direct"
 
 
+def _pad_if_not_finite(x, other, g: _validate.Geometry, layout: str):
+    """``(x, g)`` with the padding made explicit when ``other`` holds an inf or NaN.
+
+    The direct kernels skip taps that fall on padding, which is exact as long as whatever
+    multiplies the padding zeros (the weight forwards, grad_out for the weight gradient) is
+    finite. An inf or NaN times a padding zero is NaN (as in PyTorch), so then x is padded
+    explicitly and the taps really multiply. ``g`` is returned with the new size and no padding.
+    """
+    spatial = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
+    if not any(p for pair in spatial for p in pair) or np.isfinite(other).all():
+        return x, g
+    nchw = layout == "NCHW"
+    x = np.pad(x, ((0, 0), (0, 0)) + spatial if nchw else ((0, 0),) + spatial + ((0, 0),))
+    return x, dataclasses.replace(g, h=x.shape[2 if nchw else 1], w=x.shape[3 if nchw else 2],
+                                  pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+
+
 def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
-    g, layout = args.geometry, args.layout
-    pads = (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right)
-    if any(pads) and not np.isfinite(w).all():
-        # The kernel skips taps that fall on padding, which is exact for finite weights. An inf
-        # or NaN weight times a padding zero is NaN, so then pad explicitly and let it multiply.
-        spatial = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
-        x = np.pad(x, ((0, 0), (0, 0)) + spatial if layout == "NCHW"
-                   else ((0, 0),) + spatial + ((0, 0),))
-        g = dataclasses.replace(g, h=x.shape[-2 if layout == "NCHW" else 1],
-                                w=x.shape[-1 if layout == "NCHW" else 2],
-                                pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+    layout = args.layout
+    x, g = _pad_if_not_finite(x, w, args.geometry, layout)
     nhwc_out = None
     if layout == "NHWC" and args.c_out < NHWC_DIRECT_MIN_CHANNELS:
         # The NHWC kernel vectorises over output channels; with only a few of them the NCHW
@@ -301,11 +309,14 @@ def conv2d_backward(
         Which gradients to compute; the others are returned as ``None`` and cost nothing.
     algorithm : {"auto", "direct", "im2col"}
         ``"im2col"``: GEMMs with NumPy's BLAS on column-matrix tiles of at most 8 MiB, folded
-        back with col2im; ``"direct"``: loops over the kernel taps (NHWC runs on transposed
-        copies). ``"auto"`` picks as :func:`conv2d` does.
+        back with col2im; ``"direct"``: loops over the kernel taps (NCHW kernels, and NHWC
+        kernels for depthwise layers; other NHWC layers run on transposed copies). ``"auto"``
+        picks as :func:`conv2d` does.
     num_threads : int, optional
-        Upper limit on threads. The result does not depend on it: every gradient element is
-        summed by one thread in a fixed order.
+        Upper limit on the threads of fastconv's kernels; the im2col path's GEMMs run on
+        NumPy's BLAS threads, which this does not control. The result does not depend on it:
+        each gradient element of the direct kernels is summed by one thread in a fixed order,
+        and the im2col path's tiles are visited in a fixed order.
 
     Returns
     -------
@@ -393,13 +404,8 @@ def _backward_direct(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threa
         if nhwc:
             grad_x[...] = gx.transpose(0, 2, 3, 1)
     if grad_w is not None:
-        pad_top, pad_left = g.pad_top, g.pad_left
-        pads = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
-        if any(p for pair in pads for p in pair) and not np.isfinite(gy).all():
-            # The kernel skips taps on padding, exact for finite gradients; an inf or NaN
-            # gradient times a padding zero is NaN (as in PyTorch), so pad explicitly.
-            x = np.pad(x, ((0, 0), (0, 0)) + pads)
-            pad_top = pad_left = 0
+        x, gp = _pad_if_not_finite(x, gy, g, "NCHW")
+        pad_top, pad_left = gp.pad_top, gp.pad_left
         gw = np.empty(w.shape, dtype=args.dtype) if nhwc else grad_w
         threads = _threads.for_work(n_threads, macs, gw.shape[0] * gw.shape[1])
         scratch = np.empty((threads, g.kernel_h * g.kernel_w * g.out_w), dtype=args.dtype)
@@ -419,11 +425,8 @@ def _backward_depthwise_nhwc(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs,
         _conv_backward.depthwise_backward_input_nhwc(gy, w, grad_x, *geometry, g.pad_top,
                                                      g.pad_left, threads)
     if grad_w is not None:
-        pad_top, pad_left = g.pad_top, g.pad_left
-        pads = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
-        if any(p for pair in pads for p in pair) and not np.isfinite(gy).all():
-            x = np.pad(x, ((0, 0),) + pads + ((0, 0),))   # see _backward_direct
-            pad_top = pad_left = 0
+        x, gp = _pad_if_not_finite(x, gy, g, "NHWC")
+        pad_top, pad_left = gp.pad_top, gp.pad_left
         # Channel blocks of a multiple of 16, one per thread when there are enough channels.
         threads = _threads.for_work(n_threads, work, -(-g.c // 16))
         block = 16 * -(-g.c // (16 * threads))

@@ -71,8 +71,8 @@ def max_pool2d(
 
     Notes
     -----
-    A window containing NaN gives NaN, and its index is the first NaN's (PyTorch's CPU kernel
-    reports the last NaN of the window instead; the values agree). Otherwise the first maximum
+    A window containing NaN gives NaN, and its index is the window's last NaN (PyTorch's CPU
+    rule, so gradients land where PyTorch puts them). Otherwise the first maximum
     in row-major window order wins ties, as in PyTorch; an index always points at a real input
     cell, never at padding (a window of -inf points at its first real cell).
 
@@ -184,7 +184,7 @@ _BACKWARD_PARAMETERS = """
 
 def _backward_threads(g: _validate.Geometry, layout: str, n_threads: int) -> int:
     # Work items are (n, c) planes for NCHW, (n, channel block) for NHWC (see the kernels).
-    items = g.n * (g.c if layout == "NCHW" else -(-g.c // 16))
+    items = g.n * (g.c if layout == "NCHW" else -(-g.c // _pool.BACKWARD_CHANNEL_BLOCK))
     work = g.n * g.c * (g.h * g.w + g.out_pixels * g.kernel_h * g.kernel_w)
     return _threads.for_work(n_threads, work, items)
 
@@ -204,7 +204,7 @@ def max_pool2d_backward(
     """Gradient of :func:`max_pool2d` with respect to its input (PyTorch's autograd rule).
 
     Each window's gradient goes to the window's maximum: the first one in row-major window
-    order, or the first NaN (the cell ``max_pool2d(..., return_indices=True)`` reports).
+    order, or the last NaN (the cell ``max_pool2d(..., return_indices=True)`` reports).
     Overlapping windows that share a maximum add up; all other cells get 0.
 
     Parameters

@@ -229,8 +229,8 @@ def max_pool2d(
 
     Padding cells are ``-inf``; a window holding a NaN gives NaN. The index of a window's
     maximum is the flat position ``h * W + w`` in the unpadded (n, c) plane of the first real
-    (non-padding) cell, in row-major window order, equal to the maximum (or NaN when the maximum
-    is NaN). PyTorch's CPU kernel differs only there: it reports the window's last NaN.
+    (non-padding) cell, in row-major window order, equal to the maximum; when the maximum is NaN
+    it is the window's last NaN, as in PyTorch's CPU kernel.
 
     Parameters
     ----------
@@ -273,9 +273,12 @@ def max_pool2d(
     flat = _windows(_pad(np.arange(g.h * g.w, dtype=np.int64).reshape(g.h, g.w), g, -1), g)
     m = values[..., np.newaxis]
     hit = ((windows == m) | (np.isnan(windows) & np.isnan(m))) & (flat >= 0)
-    # Flat indices grow in row-major window order, so the first hit is the smallest index.
+    # Flat indices grow in row-major window order: the first hit is the smallest index, the
+    # last the largest. PyTorch keeps the first maximum but the last NaN.
     first = np.where(hit, flat, np.iinfo(np.int64).max).min(axis=-1)
-    return result, _to_caller(first, args)
+    last = np.where(hit, flat, -1).max(axis=-1)
+    chosen = np.where(np.isnan(values), last, first)
+    return result, _to_caller(chosen, args)
 
 
 def avg_pool2d(

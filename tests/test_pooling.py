@@ -190,7 +190,7 @@ def test_max_pool_nan_window(where, dtype, layout, C, rng):
 
 @pytest.mark.parametrize("C", [1, 3, 5, 17])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_max_pool_several_nans_index_is_first_nan(layout, C, rng):
+def test_max_pool_several_nans_index_is_last_nan(layout, C, rng):
     x = rng.standard_normal((1, C, 4, 4))
     x[0, :, 0, 1] = np.nan    # window (0, 0): NaNs at flat 1 and 4, a huge value at 5
     x[0, :, 1, 0] = np.nan
@@ -202,7 +202,7 @@ def test_max_pool_several_nans_index_is_first_nan(layout, C, rng):
     if layout == "NHWC":
         values, indices = np.moveaxis(values, -1, 1), np.moveaxis(indices, -1, 1)
     assert np.isnan(values[0, :, 0, 0]).all() and np.isnan(values[0, :, 1, 1]).all()
-    assert (indices[0, :, 0, 0] == 1).all()
+    assert (indices[0, :, 0, 0] == 4).all()    # the window's last NaN (PyTorch's CPU rule)
     assert (indices[0, :, 1, 1] == 15).all()
 
 
@@ -749,18 +749,18 @@ def test_max_pool_nan_vs_torch(padding, rng):
     assert_array_equal(v, tv)  # values agree, NaN positions included
     nan_win = np.isnan(v)
     assert nan_win.any() and (~nan_win).any()
-    # Windows without NaN: identical indices.
-    assert_array_equal(idx[~nan_win], ti[~nan_win])
-    # NaN windows: both point at a NaN cell. PyTorch's CPU kernel reports the window's last
-    # NaN, fastconv (as documented) the first, so the indices themselves are not compared.
-    flat = x.reshape(2, 3, -1)
-    ours = np.take_along_axis(flat, idx.reshape(2, 3, -1), axis=2).reshape(v.shape)
-    theirs = np.take_along_axis(flat, ti.reshape(2, 3, -1), axis=2).reshape(v.shape)
-    assert np.isnan(ours[nan_win]).all()
-    assert np.isnan(theirs[nan_win]).all()
-    assert (idx[nan_win] <= ti[nan_win]).all()
-    # fastconv's index is the first NaN in row-major window order: the reference's.
+    # Every index equals PyTorch's, NaN windows included (the last NaN of the window), and the
+    # windows with several NaNs, where "first" and "last" differ, are really exercised.
+    assert_array_equal(idx, ti)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))), (3, 3), axis=(2, 3)
+    )[:, :, ::2, ::2]
+    assert (np.isnan(windows).sum(axis=(-1, -2)) >= 2).any()
     assert_array_equal(idx, reference.max_pool2d(x, 3, 2, padding, return_indices=True)[1])
+    for layout_x, layout in ((to_nhwc(x), "NHWC"),):
+        _, idx_nhwc = fastconv.max_pool2d(layout_x, 3, 2, padding, layout=layout,
+                                          return_indices=True)
+        assert_array_equal(idx_nhwc, to_nhwc(ti))
 
 
 # --------------------------------------------------------------------------------------------

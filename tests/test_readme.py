@@ -26,7 +26,7 @@ def test_readme_python_tour_runs():
 def test_readme_starts_with_the_two_setup_commands():
     first = _blocks("bash")[0].strip().splitlines()
     assert len(first) == 2
-    assert first[0].endswith("python -m fastconv demo")
+    assert first[0].endswith("python -m fastconv demo && python -m fastconv train")
     assert first[1].endswith("pytest")
     # .ci/run reads the test command from the README, so the two cannot drift apart.
     assert "grep -m1 -E '^python3 -m venv \\.venv .*pytest' README.md" in CI_SCRIPT.read_text()

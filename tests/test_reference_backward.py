@@ -802,6 +802,27 @@ def test_torch_max_pool2d_single_nan_window(rng):
 
 
 @needs_torch
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_torch_max_pool2d_several_nans_per_window(kernel_size, stride, padding, rng):
+    # Windows holding two or more NaNs: PyTorch sends the gradient to the window's LAST NaN, and
+    # so must the reference (and the fast op, which matches the reference exactly).
+    import fastconv
+
+    x = distinct_values((2, 3, 7, 7), seed=11)
+    x[rng.random(x.shape) < 0.3] = NAN
+    x[0, 0, :2, :2] = NAN
+    y = ref.max_pool2d(x, kernel_size, stride, padding)
+    g = rng.standard_normal(y.shape)
+    want, _ = torch_max_grad(g, x, kernel_size, stride, padding, False)
+    got = ref.max_pool2d_backward(g, x, kernel_size, stride, padding)
+    assert_array_equal(got, want)
+    assert_array_equal(fastconv.max_pool2d_backward(g, x, kernel_size, stride, padding), want)
+    nhwc = fastconv.max_pool2d_backward(g.transpose(0, 2, 3, 1), x.transpose(0, 2, 3, 1),
+                                        kernel_size, stride, padding, layout="NHWC")
+    assert_array_equal(nhwc, want.transpose(0, 2, 3, 1))
+
+
+@needs_torch
 @pytest.mark.parametrize("divisor_override", [None, 3])
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl-pad", "excl-pad"])
 @CEIL

@@ -3,7 +3,8 @@
 Compute only; see ``fastconv.pooling``. Windows are clipped to the input, so padding never has
 to be materialised: max pooling behaves as if padded with -inf, average pooling as if padded with
 zeros, and the divisor is computed from the window's extent. A window containing NaN gives NaN;
-its index is the first NaN's. Otherwise the first maximum (row-major in the window) wins.
+its index is the last NaN's (PyTorch's CPU rule). Otherwise the first maximum (row-major in the
+window) wins.
 
 Each prange iteration hands one output row to a ``nogil`` row function, so every window bound is
 a local of that function and private to its thread.
@@ -16,6 +17,13 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from fastconv._kernels._ranges cimport valid_range
+
+
+cdef enum:
+    CHANNEL_BLOCK = 16  # NHWC channels searched together (stack arrays); backward work items
+
+# For the Python side, which sizes the thread team by the NHWC backward work items.
+BACKWARD_CHANNEL_BLOCK = CHANNEL_BLOCK
 
 
 cdef struct Window:
@@ -39,8 +47,9 @@ cdef inline Window _window(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_s
 
 
 cdef inline bint _beats(floating v, floating m) noexcept nogil:
-    # Greater wins; NaN beats any non-NaN, and a first NaN is never replaced.
-    return (v > m) | ((v != v) & (m == m))   # bitwise: no short-circuit branches
+    # Greater wins, and a NaN always wins, so the window's last NaN is kept: PyTorch's CPU rule
+    # `(val > maxval) || isnan(val)`, which fixes which cell gets a NaN window's gradient.
+    return (v > m) | (v != v)   # bitwise: no short-circuit branches
 
 
 cdef struct Geometry:
@@ -81,7 +90,7 @@ cdef inline void _max_chunk(const floating* plane, Py_ssize_t oh, Py_ssize_t ow0
     the flat index of each first maximum.
 
     Visits the window one tap at a time across all n outputs (rows top to bottom, then columns
-    left to right: row-major window order, so the first maximum or NaN wins as in a scalar
+    left to right: row-major window order, so the first maximum (or last NaN) wins as in a scalar
     search), which turns the compare-and-select into a loop over outputs that vectorises.
     A tap is recorded as its offset from the window's first real row and column,
     (h - first row) * W + kw, which fits an int (checked by fastconv._validate.index_offsets).
@@ -134,36 +143,52 @@ cdef inline void _max_row_nchw(const floating* plane, floating* o, int64_t* idx,
         ow0 += n
 
 
+cdef inline void _max_pixel(const floating* image, Window wh, Window ww, Py_ssize_t W,
+                            Py_ssize_t C, Py_ssize_t n, floating* m, int64_t* best) noexcept nogil:
+    """Maxima of one NHWC window for n <= CHANNEL_BLOCK consecutive channels:
+    image[(h * W + w) * C + c] is channel c of cell (h, w). Writes m[0:n] and, unless best is
+    NULL, each maximum's flat index h * W + w. Selects, not branches, and int offsets from the
+    window's first cell (as wide as a float32 compare; see check_index_offsets), so the channel
+    loop vectorises."""
+    cdef Py_ssize_t h, w, c
+    cdef int cell
+    cdef int offset[CHANNEL_BLOCK]
+    cdef const floating* pix
+    cdef bint better
+    for c in range(n):
+        m[c] = -INFINITY
+        offset[c] = 0
+    for h in range(wh.start, wh.end):
+        for w in range(ww.start, ww.end):
+            pix = image + (h * W + w) * C
+            if best != NULL:
+                cell = <int>((h - wh.start) * W + (w - ww.start))
+                for c in range(n):
+                    better = _beats(pix[c], m[c])
+                    offset[c] = cell if better else offset[c]
+                    m[c] = pix[c] if better else m[c]
+            else:
+                for c in range(n):
+                    m[c] = pix[c] if _beats(pix[c], m[c]) else m[c]
+    if best != NULL:
+        for c in range(n):
+            best[c] = wh.start * W + ww.start + offset[c]
+
+
 cdef inline void _max_row_nhwc(const floating* image, floating* o, int64_t* idx, Py_ssize_t oh,
                                const Geometry* g) noexcept nogil:
     """Output row oh of one image, (OW, C); channels are the inner loop. ``idx`` may be NULL."""
     cdef Window wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, 0)
     cdef Window ww
-    cdef Py_ssize_t ow, h, w, c, C = g.C
-    cdef const floating* pix
-    cdef floating* out_pix
-    cdef int64_t* idx_pix
+    cdef Py_ssize_t ow, c0, n, q
     for ow in range(g.OW):
         ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
-        out_pix = o + ow * C
-        for c in range(C):
-            out_pix[c] = -INFINITY
-        if idx != NULL:
-            idx_pix = idx + ow * C
-            for c in range(C):
-                idx_pix[c] = wh.start * g.W + ww.start
-        for h in range(wh.start, wh.end):
-            for w in range(ww.start, ww.end):
-                pix = image + (h * g.W + w) * C
-                if idx != NULL:
-                    for c in range(C):
-                        if _beats(pix[c], out_pix[c]):
-                            out_pix[c] = pix[c]
-                            idx_pix[c] = h * g.W + w
-                else:
-                    # A select, not a conditional store, so the channel loop vectorises.
-                    for c in range(C):
-                        out_pix[c] = pix[c] if _beats(pix[c], out_pix[c]) else out_pix[c]
+        c0 = 0
+        while c0 < g.C:
+            n = g.C - c0 if g.C - c0 < CHANNEL_BLOCK else CHANNEL_BLOCK
+            q = ow * g.C + c0
+            _max_pixel(image + c0, wh, ww, g.W, g.C, n, o + q, idx + q if idx != NULL else NULL)
+            c0 += n
 
 
 cdef inline Py_ssize_t _divisor(const Geometry* g, Window wh, Window ww) noexcept nogil:
@@ -321,8 +346,6 @@ def avg_pool_nhwc(
 # order. No two threads touch the same cell, and the order of the additions is fixed, so the
 # result is deterministic for any thread count.
 
-cdef enum:
-    CHANNEL_BLOCK = 16
 
 
 cdef inline void _max_backward_plane(
@@ -383,12 +406,10 @@ cdef inline void _max_backward_block(
     floating* gx,           # OUT grad_x[n]: (H, W, C); channels c0 .. c0+cb are written
     Py_ssize_t c0, Py_ssize_t cb, Py_ssize_t OH, const Geometry* g,
 ) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, w, c, q, C = g.C
-    cdef Window wh, ww
+    cdef Py_ssize_t oh, ow, c, q, C = g.C
+    cdef Window wh
     cdef floating m[CHANNEL_BLOCK]
     cdef int64_t best[CHANNEL_BLOCK]
-    cdef bint better
-    cdef const floating* pix
     for q in range(g.H * g.W):
         memset(gx + q * C + c0, 0, cb * sizeof(floating))
     for oh in range(OH):
@@ -398,18 +419,9 @@ cdef inline void _max_backward_block(
             if idx != NULL:
                 for c in range(cb):
                     best[c] = idx[q + c]
-            else:
-                ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0)
-                for c in range(cb):
-                    m[c] = -INFINITY
-                    best[c] = wh.start * g.W + ww.start
-                for h in range(wh.start, wh.end):
-                    for w in range(ww.start, ww.end):
-                        pix = x + (h * g.W + w) * C + c0
-                        for c in range(cb):
-                            better = _beats(pix[c], m[c])
-                            best[c] = h * g.W + w if better else best[c]
-                            m[c] = pix[c] if better else m[c]
+            else:   # the forward pass's search
+                _max_pixel(x + c0, wh, _window(ow, g.stride_w, g.pad_left, g.KW, g.W, 0), g.W,
+                           C, cb, m, best)
             for c in range(cb):
                 gx[best[c] * C + c0 + c] += gy[q + c]
 
