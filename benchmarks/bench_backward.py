@@ -18,9 +18,8 @@ Grids (float32, batch from ``--fc-batch``, default 1):
 
 One benchmark group per op, shape, layout and batch. Every implementation except the reference
 is checked against ``fastconv.reference`` on the first :data:`VERIFY_BATCH` images before it is
-timed (with ``fastconv._bench.compare``: tolerances scaled by the reduction length). A fastconv
-op this version does not have is skipped with a reason, as is torch when it is not installed;
-the reference is skipped where one call would take more than :data:`REF_MAX_SECONDS`.
+timed (with ``fastconv._bench.compare``: tolerances scaled by the reduction length). torch is
+skipped with a reason when it is not installed; the reference is skipped where one call would take more than :data:`REF_MAX_SECONDS`.
 """
 
 from __future__ import annotations
@@ -70,14 +69,6 @@ def pytest_generate_tests(metafunc):
                 cases.append((batch, impl))
                 ids.append(f"N{batch}-{impl}")
         metafunc.parametrize("batch,impl", cases, ids=ids)
-
-
-def fast_op(name: str):
-    """``fastconv.<name>``, or skip the test: the backward ops are new in this release."""
-    op = getattr(fastconv, name, None)
-    if op is None:
-        pytest.skip(f"fastconv.{name} is not available in fastconv {fastconv.__version__}")
-    return op
 
 
 def torch_nchw(torch, a: np.ndarray, layout: str):
@@ -134,7 +125,7 @@ def conv_call(impl, layer, layout, x, w, gy, torch=None):
     """A zero-argument function returning (grad_x, grad_weight, grad_bias) as NumPy arrays."""
     geo = (layer.stride, layer.pad, layer.dilation, layer.groups)
     if impl.startswith("fastconv-"):
-        op, algorithm = fast_op("conv2d_backward"), impl.split("-", 1)[1]
+        op, algorithm = fastconv.conv2d_backward, impl.split("-", 1)[1]
         return lambda: op(gy, x, w, *geo, layout=layout, algorithm=algorithm)
     if impl == "reference":
         return lambda: reference.conv2d_backward(gy, x, w, *geo, layout=layout)
@@ -192,7 +183,7 @@ def pool_call(impl, op, layout, x, gy, torch=None):
     kargs = (op.kernel, op.stride, op.pad)
     name = op.func + "_backward"
     if impl in ("fastconv", "reference"):
-        func = fast_op(name) if impl == "fastconv" else getattr(reference, name)
+        func = getattr(fastconv if impl == "fastconv" else reference, name)
         if op.func == "avg_pool2d":
             return lambda: func(gy, x.shape, *kargs, layout=layout)
         # The forward pass's indices, as a training step has them (torch gets its own).
@@ -234,7 +225,7 @@ def test_pool_backward(op, layout, batch, impl, measure, benchmark, request):
 
 def relu_call(impl, x, gy, torch=None):
     if impl == "fastconv":
-        op = fast_op("relu_backward")
+        op = fastconv.relu_backward
         return lambda: op(gy, x)
     if impl == "reference":
         return lambda: reference.relu_backward(gy, x)

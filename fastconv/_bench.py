@@ -8,8 +8,8 @@ What a run does:
 
 1. Measures the machine's ceilings: copy bandwidth (``np.copyto`` of a 256 MiB array, read +
    write bytes), NumPy's sgemm GFLOP/s on 2048x2048 float32 (and dgemm when float64 rows are
-   asked for). fastconv exposes no FMA peak yet, so "% peak" is relative to the sgemm figure,
-   labelled as such, unless ``--peak-gflops`` gives one.
+   asked for). No FMA peak is measured: "% peak" is relative to the sgemm (for float64:
+   dgemm) figure, labelled as such, unless ``--peak-gflops`` gives one.
 2. Runs every case of the selected sections (:data:`SECTIONS`): each implementation is first
    checked against :mod:`fastconv.reference` (tolerances scaled by the reduction length, see
    :func:`tolerance`), then timed: one warm-up call (the checked one), then at least
@@ -18,16 +18,17 @@ What a run does:
    reported. The reference is slow, so it gets 1 to :data:`REF_MAX_CALLS` calls.
 3. Prints one table per section, GFLOP/s (``2 * MACs / time``) or GB/s (input + output bytes)
    with the percentage of the matching ceiling, and the speed ratios reference/fastconv and
-   torch/fastconv; ops missing from this fastconv version are "skipped", torch columns say
-   "n/a" when torch is absent or disabled.
+   torch/fastconv; torch columns say "n/a" when torch is absent or disabled.
 4. Optionally writes every row with its raw timings, the machine, versions and environment to
    ``--json PATH``.
 
 The exit status is 1 when any check fails, 0 otherwise: a fastconv result that differs from the
 reference or raises, and also a torch result that differs (its ratio would then compare
-different computations; a torch call that raises only marks the torch column "n/a"). ``--malloc-condition`` re-runs the
-suite in a subprocess with :data:`GLIBC_TUNABLES_VALUE` in ``GLIBC_TUNABLES`` (and/or without
-it) and merges the results. The environment variables ``OPENBLAS_CORETYPE`` and
+different computations; a torch call that raises only marks the torch column "n/a").
+``--malloc-condition`` re-runs the suite in a subprocess with :data:`GLIBC_TUNABLES_VALUE` in
+``GLIBC_TUNABLES`` (and/or without it) and merges the results; with ``both``, the reference is
+timed in the first condition only (it does not depend on fastconv's allocator), and the note
+under each table says so. The environment variables ``OPENBLAS_CORETYPE`` and
 ``OPENBLAS_L2_SIZE`` are reported, never changed.
 """
 
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib
 import json
 import math
 import os
@@ -105,9 +105,11 @@ MIN_CALLS = 3
 MAX_SECONDS = 2.0
 # The reference: the checked call is timed too, then more while under --min-time, at most this.
 REF_MAX_CALLS = 3
-# Without timing the reference (--no-reference), checks run on the first images only.
-REFERENCE_NOT_TIMED = ("reference: not timed (--no-reference; with --malloc-condition both, "
-                       "only the first condition times it)")
+# Without timing the reference (--no-reference, or a later malloc condition), checks run on
+# the first images only. The notes printed under a table when its reference was not timed:
+REFERENCE_NOT_TIMED = "reference: not timed (--no-reference)"
+REFERENCE_TIMED_ONCE = ("reference: timed in the first malloc condition ({}) only; the ref "
+                        "columns show that time")
 VERIFY_BATCH = 2
 
 # Machine ceilings: (copy MiB, GEMM size, timed runs) normally and with --quick.
@@ -470,7 +472,7 @@ def tolerance(dtype, reduction: int) -> float:
 
 @dataclass
 class Check:
-    """The outcome of :func:`compare`: ``err`` and ``tol`` are relative to ``max(1, max|want|)``."""
+    """The outcome of :func:`compare`: ``err`` and ``tol`` relative to ``max(1, max|want|)``."""
 
     ok: bool
     err: float
@@ -514,7 +516,8 @@ def compare(got: Any, want: Any, reductions: Sequence[int]) -> Check:
                                                             w[~finite & ~np.isnan(w)])
         err = float(np.max(diff, initial=0.0)) / scale
         if not ok:
-            return Check(False, err, tol, f"{where}max error {err:.2e} of max|ref| > tol {tol:.1e}")
+            return Check(False, err, tol,
+                         f"{where}max error {err:.2e} of max|ref| > tol {tol:.1e}")
         if worst.tol == math.inf or err / tol > worst.err / worst.tol:
             worst = Check(True, err, tol)
     return worst
@@ -573,19 +576,6 @@ def measure_gemm(dtype: str = "float32", n: int = 2048, runs: int = 5) -> Dict[s
             "what": f"NumPy {name}: {dtype} {n}x{n} @ {n}x{n}, NumPy's BLAS threads"}
 
 
-def fma_peak_gflops(dtype: str) -> Optional[float]:
-    """The FMA peak from ``fastconv._kernels._peak.peak_gflops(dtype)`` if fastconv has one.
-
-    Not in this version; the report then uses the NumPy GEMM figure as its peak.
-    """
-    try:
-        module = importlib.import_module("fastconv._kernels._peak")
-    except ImportError:
-        return None
-    func = getattr(module, "peak_gflops", None)
-    return float(func(dtype)) if callable(func) else None
-
-
 def measure_ceilings(plan: Plan) -> Dict[str, Any]:
     """Copy bandwidth, NumPy GEMM per dtype, and the peak each dtype's "% peak" uses."""
     mib, n, runs = plan.ceiling_sizes
@@ -600,14 +590,9 @@ def measure_ceilings(plan: Plan) -> Dict[str, Any]:
             ceilings["peak_source"][dtype] = ("--peak-gflops" if scale == 1.0
                                               else "--peak-gflops / 2")
             continue
-        fma = fma_peak_gflops(dtype)
-        if fma is not None:
-            ceilings["peak_gflops"][dtype] = fma
-            ceilings["peak_source"][dtype] = "fastconv._kernels._peak (FMA peak)"
-        else:
-            ceilings["peak_gflops"][dtype] = ceilings["gemm"][dtype]["gflops"]
-            ceilings["peak_source"][dtype] = (
-                f"NumPy {'sgemm' if dtype == 'float32' else 'dgemm'} (measured; not an FMA peak)")
+        ceilings["peak_gflops"][dtype] = ceilings["gemm"][dtype]["gflops"]
+        ceilings["peak_source"][dtype] = (
+            f"NumPy {'sgemm' if dtype == 'float32' else 'dgemm'} (measured; not an FMA peak)")
     return ceilings
 
 
@@ -708,13 +693,13 @@ def is_failure(m: Measurement) -> bool:
 
 @dataclass
 class Impl:
-    """A timed implementation: ``fn`` (None when unavailable, with ``missing`` as the reason)."""
+    """A timed implementation: ``fn``, or None when torch is unavailable (``missing`` says
+    why; the row is "n/a")."""
 
     name: str
     fn: Optional[Callable[[], Any]]
     expect: str = "ref"           # which reference result it must match
     missing: str = ""
-    missing_status: str = "skipped"
     algorithm: Optional[str] = None
 
 
@@ -775,26 +760,14 @@ class TorchInfo:
             self.torch.set_num_threads(self._threads_before)
 
 
-def _missing_note(op: str) -> str:
-    from ._version import __version__
-
-    return f"fastconv.{op} is not available in fastconv {__version__}"
-
-
-def _fast_op(name: str):
-    import fastconv
-
-    return getattr(fastconv, name, None)
-
-
 def _torch_impl(torch_info: TorchInfo, make: Callable[[Any], Callable[[], Any]],
                 expect: str = "ref", name: str = "torch") -> Impl:
     if torch_info.torch is None:
-        return Impl(name, None, expect, f"torch: {torch_info.reason}", "n/a")
+        return Impl(name, None, expect, f"torch: {torch_info.reason}")
     try:
         return Impl(name, make(torch_info.torch), expect)
     except Exception as exc:  # e.g. an op this torch version lacks
-        return Impl(name, None, expect, f"torch: {type(exc).__name__}: {exc}", "n/a")
+        return Impl(name, None, expect, f"torch: {type(exc).__name__}: {exc}")
 
 
 def _nchw_tensor(torch, a: np.ndarray, layout: str):
@@ -891,16 +864,11 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
         gy = _grad(layer.output_shape(n, layout), dtype)
         oh, ow = layer.out_hw()
         reds = (layer.c_out // layer.groups * layer.kernel ** 2, n * oh * ow, n * oh * ow)
-        op = _fast_op("conv2d_backward")
-        impls = []
-        for algo in plan.algorithms:
-            if op is None:
-                impls.append(Impl(f"fastconv-{algo}", None, missing=_missing_note(
-                    "conv2d_backward")))
-            else:
-                impls.append(Impl(f"fastconv-{algo}",
-                                  lambda a=algo: op(gy, x, w, *geo, layout=layout, algorithm=a),
-                                  algorithm=None if algo == "auto" else algo))
+        impls = [Impl(f"fastconv-{algo}",
+                      lambda a=algo: fastconv.conv2d_backward(gy, x, w, *geo, layout=layout,
+                                                              algorithm=a),
+                      algorithm=None if algo == "auto" else algo)
+                 for algo in plan.algorithms]
 
         def torch_backward(torch):
             xt, gyt = _nchw_tensor(torch, x, layout), _nchw_tensor(torch, gy, layout)
@@ -945,11 +913,12 @@ def pool_case(op: _suite.PoolOp, layout: str, dtype: str, batch: int, plan: Plan
     desc = f"({channels}, {size}, {size})"
 
     def build(n: int) -> Calls:
+        import fastconv
+
         x = _suite.feature_map(n, layout, dtype, plan.feature_map)
         if not backward:
-            fast = _fast_op(op.func)
-            impl = (Impl("fastconv", lambda: fast(x, *kargs, layout=layout)) if fast is not None
-                    else Impl("fastconv", None, missing=_missing_note(op.func)))
+            fast = getattr(fastconv, op.func)
+            impl = Impl("fastconv", lambda: fast(x, *kargs, layout=layout))
 
             def torch_pool(torch):
                 F = torch.nn.functional
@@ -961,19 +930,14 @@ def pool_case(op: _suite.PoolOp, layout: str, dtype: str, batch: int, plan: Plan
             return Calls({"ref": lambda: ref(x, *kargs, layout=layout)},
                          [impl, _torch_impl(torch_info, torch_pool)], {"ref": (red,)})
         name = op.func + "_backward"
-        fast = _fast_op(name)
+        fast = getattr(fastconv, name)
         ref = getattr(reference, name)
         out_shape = ((n, channels, op.out_size(size), op.out_size(size)) if layout == "NCHW"
                      else (n, op.out_size(size), op.out_size(size), channels))
         gy = _grad(out_shape, dtype)
         if op.func == "max_pool2d":
-            if fast is not None:
-                import fastconv
-
-                _, idx = fastconv.max_pool2d(x, *kargs, layout=layout, return_indices=True)
-                impl = Impl("fastconv", lambda: fast(gy, x, *kargs, layout=layout, indices=idx))
-            else:
-                impl = Impl("fastconv", None, missing=_missing_note(name))
+            _, idx = fastconv.max_pool2d(x, *kargs, layout=layout, return_indices=True)
+            impl = Impl("fastconv", lambda: fast(gy, x, *kargs, layout=layout, indices=idx))
 
             def torch_pool(torch):
                 F = torch.nn.functional
@@ -985,10 +949,7 @@ def pool_case(op: _suite.PoolOp, layout: str, dtype: str, batch: int, plan: Plan
 
             ref_fn = lambda: ref(gy, x, *kargs, layout=layout)  # noqa: E731
         else:
-            if fast is not None:
-                impl = Impl("fastconv", lambda: fast(gy, x.shape, *kargs, layout=layout))
-            else:
-                impl = Impl("fastconv", None, missing=_missing_note(name))
+            impl = Impl("fastconv", lambda: fast(gy, x.shape, *kargs, layout=layout))
 
             def torch_pool(torch):
                 xt, gyt = _nchw_tensor(torch, x, layout), _nchw_tensor(torch, gy, layout)
@@ -1016,12 +977,13 @@ def relu_case(mode: str, dtype: str, batch: int, plan: Plan, torch_info: TorchIn
     desc = f"({channels}, {size}, {size})"
 
     def build(n: int) -> Calls:
+        import fastconv
+
         x = _suite.feature_map(n, "NCHW", dtype, plan.feature_map)
         if mode == "backward":
             gy = _grad(x.shape, dtype)
-            fast = _fast_op("relu_backward")
-            impl = (Impl("fastconv", lambda: fast(gy, x)) if fast is not None
-                    else Impl("fastconv", None, missing=_missing_note("relu_backward")))
+            fast = fastconv.relu_backward
+            impl = Impl("fastconv", lambda: fast(gy, x))
 
             def torch_relu(torch):
                 xt, gyt = torch.from_numpy(x), torch.from_numpy(gy)
@@ -1030,7 +992,7 @@ def relu_case(mode: str, dtype: str, batch: int, plan: Plan, torch_info: TorchIn
 
             return Calls({"ref": lambda: reference.relu_backward(gy, x)},
                          [impl, _torch_impl(torch_info, torch_relu)], {"ref": (1,)})
-        fast = _fast_op("relu")
+        fast = fastconv.relu
         if mode == "new":
             impl = Impl("fastconv", lambda: fast(x))
             ref_fn = lambda: reference.relu(x)  # noqa: E731
@@ -1121,7 +1083,7 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         m = Measurement(impl.name, algorithm=impl.algorithm)
         result.measurements.append(m)
         if impl.fn is None:
-            m.status, m.note = impl.missing_status, impl.missing
+            m.status, m.note = "n/a", impl.missing
             continue
         try:
             got = vimpl.fn()
@@ -1559,22 +1521,25 @@ def run(args: argparse.Namespace, stream: Optional[TextIO] = None,
         # The reference does not depend on fastconv's malloc condition: time it in the first.
         cond_plan = plan if i == 0 else dataclasses.replace(plan, reference=False)
         if condition == here:
-            cases += run_suite(cond_plan, condition, torch_info, progress_stream)
+            cond_cases = run_suite(cond_plan, condition, torch_info, progress_stream)
         else:
-            child_cases, error = run_child(args, cond_plan, condition)
-            cases += child_cases
+            cond_cases, error = run_child(args, cond_plan, condition)
             if error:
                 errors.append(error)
+        if plan.reference and not cond_plan.reference:  # say why, not "--no-reference"
+            for case in cond_cases:
+                for m in case.measurements:
+                    if m.impl == "reference" and m.status == "skipped":
+                        m.note = REFERENCE_TIMED_ONCE.format(conditions[0])
+        cases += cond_cases
     failures = failures_of(cases) + errors
     wall = time.perf_counter() - wall_start
     if not quiet:
         print_report(cases, conditions, ceilings, say)
         say("")
         checked = sum(1 for c in cases for m in c.measurements if m.tol is not None)
-        skipped = sum(1 for c in cases for m in c.fast() if m.status == "skipped")
         say(f"{len(cases)} cases, {checked} results checked against fastconv.reference, "
-            f"{len(failures)} failed, {skipped} fastconv rows skipped (op not available); "
-            f"wall time {fmt_duration(wall)}")
+            f"{len(failures)} failed; wall time {fmt_duration(wall)}")
         if failures:
             say(f"*** {len(failures)} CHECK{'S' if len(failures) > 1 else ''} FAILED ***")
             for line in failures:

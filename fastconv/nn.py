@@ -49,8 +49,20 @@ __all__ = ["Layer", "Conv2d", "ReLU", "MaxPool2d", "AvgPool2d", "Flatten", "Line
 
 
 class Layer:
-    """Base class: ``params`` and ``grads`` dicts (empty without parameters); subclasses define
-    ``forward`` and ``backward``."""
+    """Base class of the layers: parameter and gradient dicts, no computation.
+
+    Subclasses define ``forward(x) -> y``, which caches what the backward pass needs, and
+    ``backward(grad_out) -> grad_x``, which also fills ``grads``.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        The trainable arrays (empty for a layer without parameters), updated in place by the
+        optimizers.
+    grads : dict of str to ndarray
+        Same keys and shapes as ``params``: the gradients of the last ``backward``,
+        overwritten in place.
+    """
 
     def __init__(self) -> None:
         self.params: Dict[str, np.ndarray] = {}
@@ -81,6 +93,15 @@ class Conv2d(Layer):
         and ``backward`` returns None).
     num_threads : int, optional
         Passed to the fastconv ops.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> conv = nn.Conv2d(3, 8, 3, padding=1, rng=np.random.default_rng(0))
+    >>> y = conv.forward(np.ones((2, 3, 16, 16), np.float32))
+    >>> y.shape, conv.backward(np.ones_like(y)).shape, conv.grads["weight"].shape
+    ((2, 8, 16, 16), (2, 3, 16, 16), (8, 3, 3, 3))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1,
@@ -103,14 +124,14 @@ class Conv2d(Layer):
         self._x: Optional[np.ndarray] = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """``conv2d(x, weight, bias)``; caches ``x``."""
+        """``conv2d(x, weight, bias)`` of an (N, C, H, W) or (N, H, W, C) ``x``; caches ``x``."""
         self._x = x
         return fastconv.conv2d(x, self.params["weight"], self.params["bias"], self.stride,
                                self.padding, layout=self.layout, num_threads=self.num_threads)
 
     def backward(self, grad_out: np.ndarray) -> Optional[np.ndarray]:
-        """Store the weight and bias gradients; return the input gradient (None if not
-        ``input_grad``)."""
+        """Store the weight and bias gradients in ``grads``; return the input gradient (None
+        if the layer was built with ``input_grad=False``)."""
         needs = ("input", "weight", "bias") if self.input_grad else ("weight", "bias")
         gx, gw, gb = fastconv.conv2d_backward(
             grad_out, self._x, self.params["weight"], self.stride, self.padding,
@@ -125,7 +146,23 @@ class Conv2d(Layer):
 
 
 class ReLU(Layer):
-    """``max(x, 0)``: :func:`fastconv.relu` and :func:`fastconv.relu_backward`."""
+    """``max(x, 0)``: :func:`fastconv.relu` and :func:`fastconv.relu_backward`.
+
+    Parameters
+    ----------
+    num_threads : int, optional
+        Passed to the fastconv ops.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> relu = nn.ReLU()
+    >>> relu.forward(np.array([-1.0, 0.0, 2.0]))
+    array([0., 0., 2.])
+    >>> relu.backward(np.array([5.0, 5.0, 5.0]))
+    array([0., 0., 5.])
+    """
 
     def __init__(self, *, num_threads: Optional[int] = None) -> None:
         super().__init__()
@@ -133,7 +170,7 @@ class ReLU(Layer):
         self._y: Optional[np.ndarray] = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """``relu(x)``; caches the output (its sign pattern is the input's)."""
+        """``relu(x)``, same shape and dtype; caches it (its sign pattern is the input's)."""
         self._y = fastconv.relu(x, num_threads=self.num_threads)
         return self._y
 
@@ -164,10 +201,26 @@ class MaxPool2d(_Pool):
         As for :func:`fastconv.max_pool2d` (stride defaults to ``kernel_size``).
     layout : {"NCHW", "NHWC"}
     num_threads : int, optional
+        Passed to the fastconv ops.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> pool = nn.MaxPool2d(2)
+    >>> pool.forward(np.arange(16.0).reshape(1, 1, 4, 4))
+    array([[[[ 5.,  7.],
+             [13., 15.]]]])
+    >>> pool.backward(np.ones((1, 1, 2, 2)))[0, 0]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]])
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """The window maxima; caches ``x`` and the argmax indices."""
+        """The window maxima of an (N, C, H, W) or (N, H, W, C) ``x``; caches ``x`` and the
+        argmax indices."""
         self._x = x
         y, self._indices = fastconv.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, layout=self.layout,
@@ -175,7 +228,8 @@ class MaxPool2d(_Pool):
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Each window's gradient goes to its (first) maximum."""
+        """The input gradient: each window's gradient goes to its (first) maximum, overlapping
+        windows accumulate."""
         return fastconv.max_pool2d_backward(
             grad_out, self._x, self.kernel_size, self.stride, self.padding, layout=self.layout,
             indices=self._indices, num_threads=self.num_threads)
@@ -184,34 +238,63 @@ class MaxPool2d(_Pool):
 class AvgPool2d(_Pool):
     """Average pooling: :func:`fastconv.avg_pool2d` and :func:`fastconv.avg_pool2d_backward`.
 
-    Parameters are those of :class:`MaxPool2d`; padding counts as zeros in the average.
+    Parameters
+    ----------
+    kernel_size, stride, padding
+        As for :func:`fastconv.avg_pool2d` (stride defaults to ``kernel_size``); padding
+        counts as zeros in the average.
+    layout : {"NCHW", "NHWC"}
+    num_threads : int, optional
+        Passed to the fastconv ops.
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """The window means; caches ``x`` (for its shape)."""
+        """The window means of an (N, C, H, W) or (N, H, W, C) ``x``; caches its shape."""
         self._x = x
         return fastconv.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
                                    layout=self.layout, num_threads=self.num_threads)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Each window's gradient spread evenly over its cells."""
+        """The input gradient: each window's gradient spread evenly over its cells."""
         return fastconv.avg_pool2d_backward(
             grad_out, self._x.shape, self.kernel_size, self.stride, self.padding,
             layout=self.layout, num_threads=self.num_threads)
 
 
 class Flatten(Layer):
-    """(N, ...) -> (N, prod(...)), in the input's own (C or layout) order."""
+    """(N, ...) -> (N, prod(...)), in the input's own order ((c, h, w) for NCHW, (h, w, c)
+    for NHWC); no parameters."""
 
     def __init__(self) -> None:
         super().__init__()
         self._shape: Tuple[int, ...] = ()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Reshape to 2-D; caches the input shape.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, ...)
+
+        Returns
+        -------
+        ndarray of shape (N, prod(x.shape[1:]))
+            A view of ``x`` when its memory allows.
+        """
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Reshape ``grad_out`` (N, F) back to the last input's shape.
+
+        Parameters
+        ----------
+        grad_out : ndarray of shape (N, F)
+
+        Returns
+        -------
+        ndarray, shape of the last input
+        """
         return grad_out.reshape(self._shape)
 
 
@@ -224,6 +307,15 @@ class Linear(Layer):
     dtype : float32 or float64
     rng : numpy.random.Generator, optional
         Source of the He-normal initial weights, ``N(0, 2 / in_features)``; the bias starts at 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> dense = nn.Linear(4, 3, rng=np.random.default_rng(0))
+    >>> y = dense.forward(np.ones((2, 4), np.float32))
+    >>> y.shape, dense.backward(np.ones_like(y)).shape, dense.grads["bias"]
+    ((2, 3), (2, 4), array([2., 2., 2.], dtype=float32))
     """
 
     def __init__(self, in_features: int, out_features: int, *, dtype=np.float32,
@@ -236,6 +328,21 @@ class Linear(Layer):
         self._x: Optional[np.ndarray] = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x @ weight + bias``; caches ``x``.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, in_features)
+
+        Returns
+        -------
+        ndarray of shape (N, out_features)
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not 2-D with ``in_features`` columns.
+        """
         if x.ndim != 2 or x.shape[1] != self.params["weight"].shape[0]:
             raise ValueError(f"Linear: `x` must have shape (N, {self.params['weight'].shape[0]}),"
                              f" got {x.shape}")
@@ -243,6 +350,18 @@ class Linear(Layer):
         return x @ self.params["weight"] + self.params["bias"]
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Store ``x.T @ grad_out`` and ``grad_out.sum(0)`` in ``grads``; return the input
+        gradient.
+
+        Parameters
+        ----------
+        grad_out : ndarray of shape (N, out_features)
+
+        Returns
+        -------
+        ndarray of shape (N, in_features)
+            ``grad_out @ weight.T``.
+        """
         np.copyto(self.grads["weight"], self._x.T @ grad_out)
         np.copyto(self.grads["bias"], grad_out.sum(axis=0))
         return grad_out @ self.params["weight"].T
@@ -257,6 +376,7 @@ class Sequential(Layer):
     Parameters
     ----------
     *layers : Layer
+        Indexable as ``model[i]``; ``len(model)`` counts them.
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -264,19 +384,27 @@ class Sequential(Layer):
         self.layers: List[Layer] = list(layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """The last layer's output: every layer's ``forward`` in order."""
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
     def backward(self, grad_out: np.ndarray) -> Optional[np.ndarray]:
-        """Backpropagate ``grad_out``; return the input gradient (None if the first layer
-        does not compute one)."""
+        """Backpropagate ``grad_out`` through the layers in reverse, filling their ``grads``;
+        return the input gradient (None if the first layer does not compute one)."""
         for layer in reversed(self.layers):
             grad_out = layer.backward(grad_out)
         return grad_out
 
     def parameters(self) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """Every ``(param, grad)`` pair, layer by layer, for an optimizer."""
+        """Every ``(param, grad)`` pair, layer by layer, for an optimizer.
+
+        Returns
+        -------
+        list of (ndarray, ndarray)
+            The arrays themselves (not copies): the optimizers update ``param`` in place and
+            read ``grad`` as :meth:`backward` rewrites it.
+        """
         return [(layer.params[k], layer.grads[k]) for layer in self.layers for k in layer.params]
 
     def __getitem__(self, i: int) -> Layer:
@@ -342,7 +470,19 @@ class SGD:
     params : iterable of (param, grad) pairs
         As from :meth:`Sequential.parameters`; the grad arrays are read at every :meth:`step`.
     lr : float
+        Learning rate; an attribute that may be changed between steps (a schedule).
     momentum : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> w, g = np.array([1.0, 2.0]), np.array([1.0, -1.0])
+    >>> opt = nn.SGD([(w, g)], lr=0.1, momentum=0.9)
+    >>> opt.step(); w
+    array([0.9, 2.1])
+    >>> opt.step(); w  # velocity 1.9 * grad
+    array([0.71, 2.29])
     """
 
     def __init__(self, params: Iterable[Tuple[np.ndarray, np.ndarray]], lr: float = 0.01,
@@ -365,10 +505,24 @@ class Adam:
     Parameters
     ----------
     params : iterable of (param, grad) pairs
+        As from :meth:`Sequential.parameters`; the grad arrays are read at every :meth:`step`.
     lr : float
+        Learning rate; an attribute that may be changed between steps (a schedule).
     betas : (float, float)
         Decay rates of the first and second moment estimates.
     eps : float
+        Added to the root of the second moment.
+
+    Examples
+    --------
+    The first step moves every parameter by about ``lr`` against the sign of its gradient:
+
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> w, g = np.array([1.0, 2.0]), np.array([0.5, -3.0])
+    >>> nn.Adam([(w, g)], lr=0.1).step()
+    >>> w.round(6)
+    array([0.9, 2.1])
     """
 
     def __init__(self, params: Iterable[Tuple[np.ndarray, np.ndarray]], lr: float = 1e-3,

@@ -29,7 +29,9 @@ import fastconv
 from fastconv import reference
 from _helpers import (
     DTYPES,
+    HAVE_TORCH,
     LAYOUTS,
+    TORCH_REASON,
     assert_close,
     memory_variants,
     oihw_to_hwio,
@@ -103,6 +105,10 @@ CASES = [
     Case("groups3-s2", 1, 6, 8, 8, 3, (2, 2), stride=2, groups=3),
     Case("depthwise", 2, 4, 7, 7, 4, (3, 3), padding=1, groups=4),
     Case("depthwise-mult2-s2-same", 1, 3, 9, 8, 6, (3, 3), stride=2, padding="same", groups=3),
+    # The NHWC depthwise kernels work on blocks of channels (a multiple of 16, chosen from the
+    # thread count): 17 and 35 channels leave a partial last block.
+    Case("depthwise-c17", 2, 17, 7, 8, 17, (3, 3), padding=1, groups=17),
+    Case("depthwise-c35-s2-same", 1, 35, 9, 8, 35, (3, 3), stride=2, padding="same", groups=35),
     Case("pad-asymmetric", 1, 2, 6, 7, 3, (3, 3), padding=((1, 2), (0, 3))),
     Case("valid", 2, 3, 6, 6, 2, (2, 3), padding="valid"),
     Case("same-s1-even-kernel", 1, 2, 7, 6, 3, (4, 2), padding="same"),
@@ -344,6 +350,10 @@ THREAD_CASES = [
     Case("threads-k3-p1", 4, 8, 20, 19, 16, (3, 3), padding=1),
     Case("threads-depthwise-s2", 3, 12, 21, 20, 12, (3, 3), stride=2, padding="same",
          groups=12),
+    # channel blocks of the NHWC depthwise kernels with a partial last block
+    Case("threads-depthwise-c17", 3, 17, 20, 19, 17, (3, 3), padding=1, groups=17),
+    Case("threads-depthwise-c35-s2", 2, 35, 21, 20, 35, (3, 3), stride=2, padding="same",
+         groups=35),
     Case("threads-1x1", 3, 16, 15, 14, 8, (1, 1)),
 ]
 
@@ -550,6 +560,75 @@ def test_max_nan_and_neg_inf_windows(layout, dtype, padding, rng):
         g = rng.standard_normal(shape).astype(dtype)
         got = check_max_pool(g, x, 3, 2, padding, dtype, f"ceil_mode={ceil_mode}", **kw)
         assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_several_nans_in_a_window_last_nan_wins(layout):
+    """A window with two or more NaNs sends its gradient to the LAST of them in row-major
+    window order (PyTorch's CPU rule); with one NaN, to that NaN."""
+    x = np.array([[NAN, 1.0, 5.0, NAN],
+                  [NAN, 0.0, NAN, NAN],
+                  [2.0, NAN, 3.0, 4.0],
+                  [1.0, 7.0, NAN, NAN]])
+    # windows: NaNs at (0,0),(1,0) -> (1,0); (0,3),(1,2),(1,3) -> (1,3); one NaN (2,1);
+    # (3,2),(3,3) -> (3,3)
+    want = np.zeros((4, 4))
+    want[1, 0], want[1, 3], want[2, 1], want[3, 3] = 1.0, 2.0, 3.0, 4.0
+    # channel 1: every window all NaN -> each window's last cell
+    x4 = _in_layout(np.stack([x, np.full((4, 4), NAN)])[None], layout)
+    g = np.array([[1.0, 2.0], [3.0, 4.0]])
+    g4 = _in_layout(np.stack([g, 10 * g])[None], layout)
+    all_nan = np.zeros((4, 4))
+    all_nan[1::2, 1::2] = 10 * g
+    got = check_max_pool(g4, x4, 2, None, 0, np.float64, layout=layout)
+    assert_exact(got, _in_layout(np.stack([want, all_nan])[None], layout), np.float64)
+    _, idx = fastconv.max_pool2d(x4, 2, layout=layout, return_indices=True)
+    idx = idx if layout == "NCHW" else np.moveaxis(idx, -1, 1)
+    assert_array_equal(idx[0], [[[4, 7], [9, 15]], [[5, 7], [13, 15]]])
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding",
+                         [(2, None, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), 1)],
+                         ids=["k2", "k3-s2-p1", "k3-s1-p1-overlapping", "k2x3-s1x2-p1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_windows_with_several_nans_match_reference(layout, dtype, kernel_size, stride,
+                                                       padding, rng):
+    """Dense NaNs (many windows hold two or more), 17 channels (a partial NHWC channel block):
+    fast == reference exactly, with and without indices, for 1 and 2 threads."""
+    x = rng.standard_normal((2, 17, 9, 8))
+    x[rng.random(x.shape) < 0.45] = NAN
+    x[1, 3] = NAN                                    # a plane of NaNs only
+    x = _in_layout(x.astype(dtype), layout)
+    for ceil_mode in (False, True):
+        kw = dict(layout=layout, ceil_mode=ceil_mode)
+        # the NaN count of every window, to make sure the case is not vacuous
+        counts = reference.avg_pool2d(np.isnan(x).astype(np.float64), kernel_size, stride,
+                                      padding, count_include_pad=False, divisor_override=1,
+                                      **kw)
+        assert (counts >= 2).sum() > counts.size // 4, "too few windows with several NaNs"
+        g = rng.standard_normal(counts.shape).astype(dtype)
+        one = check_max_pool(g, x, kernel_size, stride, padding, dtype,
+                             f"ceil_mode={ceil_mode}", num_threads=1, **kw)
+        two = fastconv.max_pool2d_backward(g, x, kernel_size, stride, padding, num_threads=2,
+                                           **kw)
+        assert_bit_identical(one, two, f"2 threads, ceil_mode={ceil_mode}")
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason=TORCH_REASON)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_several_nans_match_pytorch(layout, rng):
+    import torch
+
+    x = rng.standard_normal((2, 5, 9, 8))
+    x[rng.random(x.shape) < 0.45] = NAN
+    xt = torch.from_numpy(x).requires_grad_(True)
+    y = torch.nn.functional.max_pool2d(xt, 3, 2, 1, ceil_mode=True)
+    g = rng.standard_normal(tuple(y.shape))
+    y.backward(torch.from_numpy(g))
+    got = fastconv.max_pool2d_backward(_in_layout(g, layout), _in_layout(x, layout), 3, 2, 1,
+                                       layout=layout, ceil_mode=True)
+    assert_exact(got, _in_layout(xt.grad.numpy(), layout), np.float64)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -796,6 +875,56 @@ def test_relu_out_forms(dtype, rng):
     assert fastconv.relu_backward(g, x3, out=flipped) is flipped
     assert_array_equal(flipped, want)
     assert_array_equal(x3, want[::-1, ::-1])
+
+
+def test_relu_out_overlapping_x_shifted():
+    # out is x shifted by one, grad_out overlaps both: the result must be computed from the
+    # inputs as they were before the call, as the reference does on copies.
+    buf = np.arange(1.0, 9.0)
+    want = reference.relu_backward(buf[:-1].copy(), buf[1:].copy())
+    got = fastconv.relu_backward(buf[:-1], buf[1:], out=buf[1:])
+    assert np.shares_memory(got, buf) and got.base is buf
+    assert_exact(buf[1:], want, np.float64)
+    assert buf[0] == 1.0
+
+
+S = np.s_
+# (grad_out, x, out) as slices of one buffer, or None for a separate array of the same length.
+RELU_OVERLAPS = {
+    "grad_out-behind-out": (S[:-1], None, S[1:]),
+    "grad_out-ahead-of-out": (S[1:], None, S[:-1]),
+    "x-behind-out": (None, S[:-1], S[1:]),
+    "x-ahead-of-out": (None, S[1:], S[:-1]),
+    "grad_out-behind-x-is-out": (S[:-1], S[1:], S[1:]),
+    "all-three-shifted": (S[:-2], S[1:-1], S[2:]),
+    "all-three-shifted-backwards": (S[2:], S[1:-1], S[:-2]),
+    "grad_out-reversed-is-out": (S[::-1], None, S[:]),
+    "x-reversed-is-out": (None, S[::-1], S[:]),
+    "strided-interleaved": (S[0:-1:2], S[1::2], S[1::2]),
+}
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("n", [9, 40001])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", list(RELU_OVERLAPS))
+def test_relu_out_overlapping_inputs(case, dtype, n, num_threads):
+    """``out`` overlapping grad_out and/or x at a shift: equal to the reference on copies, and
+    nothing outside ``out`` written."""
+    rng = np.random.default_rng(n)
+    buf = rng.integers(-3, 4, size=n).astype(dtype)      # zeros and both signs
+    buf[buf == 1] = NAN                                   # NaN x passes grad_out, like torch
+    slices = RELU_OVERLAPS[case]
+    length = len(buf[slices[2]])
+    g, x, out = (buf[s] if s is not None else rng.standard_normal(length).astype(dtype)
+                 for s in slices)
+    want = reference.relu_backward(g.copy(), x.copy())
+    expected_buf = buf.copy()
+    expected_buf[slices[2]] = want
+    got = fastconv.relu_backward(g, x, out=out, num_threads=num_threads)
+    assert got is out
+    assert_array_equal(out, want, err_msg=case)
+    assert_array_equal(buf, expected_buf, err_msg=f"{case}: outside out")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

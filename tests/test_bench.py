@@ -1,7 +1,7 @@
 """``python -m fastconv bench``: the report's pure functions, its options, and short runs.
 
 No timing assertions: only that the report runs, checks every result, fails loudly when a
-result is wrong, skips what this fastconv lacks, and writes the documented JSON.
+result is wrong, labels its ceilings and notes honestly, and writes the documented JSON.
 """
 
 import dataclasses
@@ -282,10 +282,6 @@ def test_quick_run_checks_every_result_and_writes_the_json(tmp_path, capsys):
     for row in rows:
         assert set(row) == ROW_KEYS
         if row["impl"].startswith("fastconv"):
-            # Checked and timed, or skipped because this fastconv lacks the op.
-            if row["status"] == "skipped":
-                assert "is not available in fastconv" in row["note"]
-                continue
             assert row["status"] == "ok" and row["verified"], row
             assert row["max_err"] <= row["tol"] and len(row["times_s"]) >= 3
             assert (row["gflops"] or row["gbps"]) > 0
@@ -300,6 +296,7 @@ def test_quick_run_checks_every_result_and_writes_the_json(tmp_path, capsys):
                   "copy bandwidth", "sgemm", "wall time"):
         assert title in out
     assert "FAIL" not in out
+    assert "reference: " not in out  # timed everywhere: no note about it
     # Progress on stderr: one line per case.
     n_cases = len({(r["section"], r["name"], r["layout"]) for r in rows})
     assert err.count("\n") == n_cases and f"[{n_cases}/{n_cases}]" in err
@@ -318,17 +315,21 @@ def test_a_wrong_result_fails_loudly(tmp_path, capsys, monkeypatch):
     assert status == 1 and doc["failures"] == 2
     assert "CHECKS FAILED" in out and "differs from fastconv.reference" in out
     assert [r["status"] for r in doc["rows"] if r["impl"] == "fastconv"] == ["FAIL", "FAIL"]
+    # --no-reference: the note says so, once under the table.
+    assert out.count(f"note: {_bench.REFERENCE_NOT_TIMED}") == 1
 
 
-def test_an_op_missing_from_this_version_is_skipped(tmp_path, capsys, monkeypatch):
-    monkeypatch.delattr(fastconv, "relu_backward", raising=False)
-    status, doc = run_bench(tmp_path, "--quick", "--no-torch", "--ops", "relu_backward")
-    out = capsys.readouterr().out
-    assert status == 0
-    fast = [r for r in doc["rows"] if r["impl"] == "fastconv"]
-    assert [r["status"] for r in fast] == ["skipped"]
-    assert "fastconv.relu_backward is not available" in fast[0]["note"]
-    assert "skipped" in out
+def test_peak_is_the_measured_gemm_unless_given():
+    plan = _bench.make_plan(parse("--quick", "--dtype", "float32,float64"), default_threads=1)
+    ceilings = _bench.measure_ceilings(plan)
+    for dtype, name in (("float32", "sgemm"), ("float64", "dgemm")):
+        assert ceilings["peak_gflops"][dtype] == ceilings["gemm"][dtype]["gflops"] > 0
+        assert ceilings["peak_source"][dtype] == f"NumPy {name} (measured; not an FMA peak)"
+    text = "\n".join(_bench.ceiling_lines(ceilings))
+    assert "%peak is relative to this: NumPy sgemm (measured; not an FMA peak)" in text
+    given = _bench.measure_ceilings(dataclasses.replace(plan, peak_gflops=100.0))
+    assert given["peak_gflops"] == {"float32": 100.0, "float64": 50.0}
+    assert given["peak_source"] == {"float32": "--peak-gflops", "float64": "--peak-gflops / 2"}
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason=TORCH_REASON)
@@ -361,3 +362,7 @@ def test_malloc_condition_both_runs_a_tunables_subprocess(tmp_path, capsys):
             assert row["status"] == "ok" and row["verified"]
     assert "ms [def]" in out and "ms [tun]" in out
     assert _bench.GLIBC_TUNABLES_VALUE in out
+    # The note says exactly why the tunables run has no reference time (not --no-reference).
+    once = _bench.REFERENCE_TIMED_ONCE.format("default")
+    assert out.count(f"note: {once}") == 1 and "--no-reference" not in out
+    assert [r["note"] for r in doc["rows"] if r["impl"] == "reference"] == ["", "", once, once]

@@ -497,6 +497,28 @@ def test_dlfs_pooling_arg_max_of_an_unbatched_image(rng):
     np.testing.assert_array_equal(single.arg_max, batched.arg_max)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_dlfs_pooling_nan_windows(dtype):
+    # The documented difference from the book: a window with two or more NaNs routes to its
+    # LAST NaN (PyTorch's CPU rule), where the book's np.argmax picks the first. One NaN, or
+    # none: the same as the book.
+    nan = np.nan
+    x = np.array([[[[nan, 1., nan, 2., 5., 6.],
+                    [0., nan, 3., 4., 7., 6.],
+                    [nan, nan, 1., 1., 8., 8.],
+                    [nan, 0., 2., nan, 8., 8.]]]], dtype=dtype)
+    layer, book = dlfs.Pooling(2, 2, stride=2), BookPooling(2, 2, stride=2)
+    out = layer.forward(x)
+    np.testing.assert_array_equal(out, book.forward(x.astype(np.float64)).astype(dtype))
+    # Windows in (out_y, out_x) order: 2 NaNs, 1 NaN, no NaN; 3 NaNs, 1 NaN, 4-way tie.
+    np.testing.assert_array_equal(book.arg_max, [0, 0, 2, 0, 3, 0])
+    np.testing.assert_array_equal(layer.arg_max, [3, 0, 2, 2, 3, 0])
+    dout = np.arange(1., 7.).reshape(1, 1, 2, 3).astype(dtype)
+    want = np.zeros_like(x)
+    want[0, 0, [1, 0, 1, 3, 3, 2], [1, 2, 4, 0, 3, 4]] = dout.ravel()
+    np.testing.assert_array_equal(layer.backward(dout), want)
+
+
 def test_dlfs_pooling_follows_the_books_signature():
     params = inspect.signature(dlfs.Pooling).parameters
     assert [(p.name, p.default) for p in params.values()] == [
@@ -899,10 +921,33 @@ def test_cs231n_pool_size_errors_name_axis_sizes_and_stride():
                        r"\(H - pool_height\) % stride must be 0, but \(7 - 2\) % 2 = 1"):
         cs231n.max_pool_forward_fast(np.zeros((1, 1, 7, 8)),
                                      {"pool_height": 2, "pool_width": 2, "stride": 2})
-    with pytest.raises(ValueError, match=r"width axis .* \(8 - 3\) % 2 = 1"):
+    # Pooling inside conv_relu_pool_forward: the errors name the function that was called.
+    with pytest.raises(ValueError, match=r"^conv_relu_pool_forward: the width axis .* "
+                       r"\(8 - 3\) % 2 = 1"):
         cs231n.conv_relu_pool_forward(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 1, 1)),
                                       np.zeros(1), {"stride": 1, "pad": 0},
                                       {"pool_height": 2, "pool_width": 3, "stride": 2})
+
+
+def test_cs231n_conv_relu_pool_errors_name_the_called_function():
+    x, w, b, conv = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 1, 1)), np.zeros(1), {"stride": 1,
+                                                                                   "pad": 0}
+    with pytest.raises(KeyError, match="^[\"']conv_relu_pool_forward: pool_param is missing the "
+                       "key 'stride'"):
+        cs231n.conv_relu_pool_forward(x, w, b, conv, {"pool_height": 2, "pool_width": 2})
+    with pytest.raises(ValueError, match=r"^conv_relu_pool_forward: pool_param\['pool_height'\]"
+                       r".* must be positive"):
+        cs231n.conv_relu_pool_forward(x, w, b, conv, {"pool_height": 0, "pool_width": 2,
+                                                      "stride": 2})
+    out, (conv_cache, relu_out, pool_cache) = cs231n.conv_relu_pool_forward(
+        x, w, b, conv, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    with pytest.raises(ValueError, match="^conv_relu_pool_backward: cache must be the cache "
+                       "returned by conv_relu_pool_forward, got tuple of length 2"):
+        cs231n.conv_relu_pool_backward(out, (conv_cache, relu_out, pool_cache[:2]))
+    with pytest.raises(ValueError, match=r"^conv_relu_pool_backward: the height axis"):
+        bad = (np.zeros((1, 1, 5, 4)), {"pool_height": 2, "pool_width": 2, "stride": 2},
+               pool_cache[2])
+        cs231n.conv_relu_pool_backward(out, (conv_cache, relu_out, bad))
 
 
 @pytest.mark.parametrize("missing", ["stride", "pad"])

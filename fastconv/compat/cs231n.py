@@ -172,6 +172,19 @@ def _conv_backward(dout, cache, func, producer):
     return conv2d_backward(dout, x, w, stride=stride, padding=pad)
 
 
+def _pool_forward(x, pool_param, func):
+    x = _four_d(x, "x", "(N, C, H, W)", func)
+    kernel, stride = _pool_geometry(x, pool_param, func)
+    out, indices = max_pool2d(x, kernel, stride, return_indices=True)
+    return out, (x, pool_param, indices)
+
+
+def _pool_backward(dout, cache, func, producer):
+    x, pool_param, indices = _unpack(cache, 3, func, producer)
+    kernel, stride = _pool_geometry(x, pool_param, func)
+    return max_pool2d_backward(dout, x, kernel, stride, indices=indices)
+
+
 def conv_forward_fast(x: ArrayLike, w: ArrayLike, b: ArrayLike, conv_param: dict):
     """Forward pass of a convolutional layer (cross-correlation plus bias).
 
@@ -285,18 +298,14 @@ def max_pool_forward_fast(x: ArrayLike, pool_param: dict):
     array([[[[ 9., 11., 13.],
              [23., 25., 27.]]]])
     """
-    func = "max_pool_forward_fast"
-    x = _four_d(x, "x", "(N, C, H, W)", func)
-    kernel, stride = _pool_geometry(x, pool_param, func)
-    out, indices = max_pool2d(x, kernel, stride, return_indices=True)
-    return out, (x, pool_param, indices)
+    return _pool_forward(x, pool_param, "max_pool_forward_fast")
 
 
 def max_pool_backward_fast(dout: ArrayLike, cache: tuple) -> np.ndarray:
     """Backward pass of :func:`max_pool_forward_fast`.
 
-    Each window's gradient goes to its maximum (the first one in row-major order on ties);
-    overlapping windows accumulate.
+    Each window's gradient goes to its maximum (the first one in row-major order on ties; in
+    a window with several NaNs, the last NaN, as in PyTorch); overlapping windows accumulate.
 
     Parameters
     ----------
@@ -318,10 +327,7 @@ def max_pool_backward_fast(dout: ArrayLike, cache: tuple) -> np.ndarray:
     array([[[[0., 0.],
              [5., 0.]]]])
     """
-    func = "max_pool_backward_fast"
-    x, pool_param, indices = _unpack(cache, 3, func, "max_pool_forward_fast")
-    kernel, stride = _pool_geometry(x, pool_param, func)
-    return max_pool2d_backward(dout, x, kernel, stride, indices=indices)
+    return _pool_backward(dout, cache, "max_pool_backward_fast", "max_pool_forward_fast")
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,8 +430,9 @@ def conv_relu_pool_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, conv_param:
     array([[[[0., 0.],
              [5., 7.]]]])
     """
-    s, conv_cache = _conv_forward(x, w, b, conv_param, "relu", "conv_relu_pool_forward")
-    out, pool_cache = max_pool_forward_fast(s, pool_param)
+    func = "conv_relu_pool_forward"
+    s, conv_cache = _conv_forward(x, w, b, conv_param, "relu", func)
+    out, pool_cache = _pool_forward(s, pool_param, func)
     return out, (conv_cache, s, pool_cache)
 
 
@@ -460,6 +467,6 @@ def conv_relu_pool_backward(dout: ArrayLike, cache: tuple):
     """
     func = "conv_relu_pool_backward"
     conv_cache, relu_out, pool_cache = _unpack(cache, 3, func, "conv_relu_pool_forward")
-    ds = max_pool_backward_fast(dout, pool_cache)
+    ds = _pool_backward(dout, pool_cache, func, "conv_relu_pool_forward")
     da = relu_backward(ds, relu_out)
     return _conv_backward(da, conv_cache, func, "conv_relu_pool_forward")

@@ -1,8 +1,10 @@
 """Drop-in layers for "Deep Learning from Scratch" (Koki Saitoh, O'Reilly), chapter 7.
 
 The book's ``common/layers.py`` and ``common/util.py`` build convolution and pooling from a
-NumPy ``im2col``; this module has the same classes and functions, with the same signatures,
-attributes and results, computed by fastconv's kernels. Replace ::
+NumPy ``im2col``; this module has the same classes and functions, with the same signatures and
+attributes, computed by fastconv's kernels. For everything the book does with them (its
+networks pool with ``pad=0``) the results are the book's, up to floating-point rounding; the
+differences, listed below, are in cases the book does not use. Replace ::
 
     from common.layers import *        # and: from common.util import im2col, col2im
 
@@ -21,12 +23,16 @@ Differences from the book, all deliberate:
   Mixed inputs follow NumPy promotion (float32 data with float64 weights gives float64).
 * ``Convolution.col`` (the im2col matrix) is built only when read, and ``col_W`` is a view of
   ``W``; the forward and backward passes do not need either.
-* ``Pooling`` with ``pad > 0`` works (the book's version computes a wrong output size there):
-  it pads with -inf, so every output is the maximum of real input cells, as in PyTorch's
-  ``max_pool2d``. Each side's padding must be at most half the window (PyTorch's rule).
+* ``Pooling`` with ``pad > 0`` pads with -inf, so every output is the maximum of real input
+  cells (a true max, as in PyTorch's ``max_pool2d``), where the book's ``im2col`` would pad
+  zeros (and the book's ``Pooling`` ignores ``pad`` in its output size and fails). Each
+  side's padding must be at most half the window (PyTorch's rule); more raises ValueError.
 * ``Relu.backward`` returns a new array instead of zeroing ``dout`` in place.
 * Ties in a pooling window send the gradient to the first maximum in row-major window order,
-  as the book's ``np.argmax`` does.
+  as the book's ``np.argmax`` does, and so does a window with one NaN (to the NaN). In a
+  window with two or more NaNs, the output is NaN in both, but ``Pooling.arg_max`` and the
+  gradient pick the *last* NaN (PyTorch's CPU rule), where the book's ``np.argmax`` picks the
+  first.
 
 Examples
 --------
@@ -285,9 +291,12 @@ class Pooling:
     -----
     ``out_h = (H + 2*pad - pool_h)//stride + 1`` and likewise ``out_w`` (no ceil mode, as in
     the book). With ``pad > 0`` the padding is -inf, so each output is the maximum over the
-    real input cells of its window, as in PyTorch's ``max_pool2d``; the book's code computes
-    the wrong output size there and fails. The gradient of a window goes to its first maximum
-    in row-major order (the book's ``np.argmax`` rule). The dtype of ``x`` is kept.
+    real input cells of its window, as in PyTorch's ``max_pool2d``, where the book's ``im2col``
+    would pad zeros (the book's ``Pooling`` ignores ``pad`` in its output size and fails).
+    ``pad`` must be at most half the window. The gradient of a window goes to its first
+    maximum in row-major order (the book's ``np.argmax`` rule), or to its NaN if it has one;
+    with two or more NaNs it goes to the last of them (PyTorch's CPU rule; ``np.argmax``
+    would pick the first), and ``arg_max`` says so. The dtype of ``x`` is kept.
 
     Examples
     --------
@@ -342,6 +351,8 @@ class Pooling:
 
     @property
     def arg_max(self) -> Optional[np.ndarray]:
+        """Each window's argmax as a flat position in the padded window (see the class
+        docstring), or None before the first :meth:`forward`."""
         if self._indices is None:
             return None
         if self._arg_max is None:
