@@ -171,25 +171,47 @@ def conv2d_direct_nhwc(
                 )
 
 
+cdef inline void _epilogue_row(floating* row, Py_ssize_t n, const floating* bias_vec,
+                               floating bias_scalar, bint relu) noexcept nogil:
+    """row[i] += bias_vec[i] (or bias_scalar when bias_vec is NULL), then ReLU if asked.
+
+    Branch-free loops with unit stride, one per case, so each vectorises."""
+    cdef Py_ssize_t i
+    cdef floating v
+    if bias_vec != NULL:
+        if relu:
+            for i in range(n):
+                v = row[i] + bias_vec[i]
+                row[i] = 0 if v <= 0 else v
+        else:
+            for i in range(n):
+                row[i] = row[i] + bias_vec[i]
+    elif relu:
+        for i in range(n):
+            v = row[i] + bias_scalar
+            row[i] = 0 if v <= 0 else v
+    else:
+        for i in range(n):
+            row[i] = row[i] + bias_scalar
+
+
 def add_bias_relu(
-    floating[:, :, :] y,          # IN/OUT (A, B, C), any strides
+    floating[:, :, :] y,          # IN/OUT (A, B, C), any strides but a contiguous last axis
     const floating[::1] bias,     # IN  per-channel bias or (0,) for none
     int channel_axis,             # 1: channel is axis B (NCHW tiles); 2: axis C (NHWC tiles)
     bint relu, int n_threads,
 ):
     """Epilogue of the im2col path: add the per-channel bias and apply ReLU in one pass."""
     cdef Py_ssize_t A = y.shape[0], B = y.shape[1], C = y.shape[2]
-    cdef Py_ssize_t r, b, c
+    cdef Py_ssize_t r
     cdef bint has_bias = bias.shape[0] > 0
-    cdef floating v
     if A * B == 0 or C == 0 or not (has_bias or relu):
         return
+    if y.strides[2] != sizeof(floating):
+        raise ValueError("add_bias_relu: the last axis of y must be contiguous")
+    cdef const floating* bp = &bias[0] if has_bias else NULL
     with nogil:
         for r in prange(A * B, schedule="static", num_threads=n_threads):
-            for c in range(C):
-                v = y[r // B, r % B, c]
-                if has_bias:
-                    v = v + bias[r % B if channel_axis == 1 else c]
-                if relu and v <= 0:
-                    v = 0
-                y[r // B, r % B, c] = v
+            _epilogue_row(&y[r // B, r % B, 0], C,
+                          bp if channel_axis == 2 else NULL,
+                          bp[r % B] if has_bias and channel_axis == 1 else 0, relu)

@@ -129,8 +129,11 @@ def im2col_nhwc(
     cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t n_rows = cols.shape[0], K = cols.shape[1]
     cdef Py_ssize_t c_count = K // (KH * KW)
-    cdef Py_ssize_t i, q, n, oh, ow, kh, kw, ih, iw
+    cdef Py_ssize_t i, q, n, oh, ow, kh, kw, ih, iw, iw0
     cdef floating* dst
+    # With every channel and no horizontal dilation, a window row (kh) is one contiguous run
+    # of KW*C values in x and in the column row: one copy instead of KW (few-channel layers).
+    cdef bint row_runs = c_count == C and dilation_w == 1
     if n_rows == 0 or K == 0:
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
@@ -141,8 +144,13 @@ def im2col_nhwc(
             n = q // (OH * OW)
             oh = (q // OW) % OH
             ow = q % OW
+            iw0 = ow * stride_w - pad_left
             for kh in range(KH):
                 ih = oh * stride_h - pad_top + kh * dilation_h
+                if row_runs and 0 <= ih < H and iw0 >= 0 and iw0 + KW <= W:
+                    memcpy(cp + i * K + kh * KW * C, xp + ((n * H + ih) * W + iw0) * C,
+                           KW * C * sizeof(floating))
+                    continue
                 for kw in range(KW):
                     iw = ow * stride_w - pad_left + kw * dilation_w
                     dst = cp + i * K + (kh * KW + kw) * c_count
