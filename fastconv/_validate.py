@@ -293,12 +293,14 @@ def make_geometry(
     func: str,
     *,
     ceil_mode: bool = False,
-    x_desc: str = "",
+    x_desc: Tuple[str, Any] = ("", None),
     kernel_desc: str = "kernel",
 ) -> Geometry:
     """Normalise stride/padding/dilation for a 4-D input of ``shape4`` and compute the output size.
 
     Raises ``ValueError`` when the (dilated) kernel does not fit the padded input.
+    ``x_desc`` is ``(name, shape)`` of the caller's input, formatted only into error messages
+    (formatting shapes up front would cost every call several microseconds).
     """
     if layout == "NCHW":
         n, c, h, w = shape4
@@ -307,7 +309,8 @@ def make_geometry(
     if h < 1 or w < 1:
         # A window would hold no real cell; PyTorch refuses this too.
         raise ValueError(
-            f"{func}: the spatial axes must be non-empty, got H={h}, W={w} ({x_desc.rstrip(', ')})"
+            f"{func}: the spatial axes must be non-empty, got H={h}, W={w} "
+            f"({x_desc[0]} {x_desc[1]})"
         )
     stride_hw = as_pair(stride, "stride", func)
     dilation_hw = as_pair(dilation, "dilation", func)
@@ -318,7 +321,7 @@ def make_geometry(
         eff = tuple((k - 1) * d + 1 for k, d in zip(kernel_hw, dilation_hw))
         raise ValueError(
             f"{func}: {kernel_desc} of size {kernel_hw} (dilated extent {eff}) is larger than "
-            f"the padded input {(h + pt + pb, w + pl + pr)} ({x_desc}padding "
+            f"the padded input {(h + pt + pb, w + pl + pr)} ({x_desc[0]} {x_desc[1]}, padding "
             f"{((pt, pb), (pl, pr))})"
         )
     return Geometry(
@@ -461,19 +464,21 @@ def conv_args(
     else:
         kh, kw, c_in_g, c_out = weight4.shape
         c_in = x4.shape[3]
-    shapes = f"(x shape {x.shape}, weight shape {weight.shape}, groups={groups})"
+    def shapes() -> str:   # only formatted for an error message
+        return f"(x shape {x.shape}, weight shape {weight.shape}, groups={groups})"
+
     if min(weight4.shape) < 1:
-        raise ValueError(f"{func}: weight must have no zero-length axis {shapes}")
+        raise ValueError(f"{func}: weight must have no zero-length axis {shapes()}")
     if c_in % groups:
-        raise ValueError(f"{func}: x has {c_in} channels, which is not divisible by groups {shapes}")
+        raise ValueError(f"{func}: x has {c_in} channels, which is not divisible by groups {shapes()}")
     if c_out % groups:
         raise ValueError(
-            f"{func}: weight has {c_out} output channels, which is not divisible by groups {shapes}"
+            f"{func}: weight has {c_out} output channels, which is not divisible by groups {shapes()}"
         )
     if c_in_g * groups != c_in:
         raise ValueError(
             f"{func}: weight expects {c_in_g} input channels per group but x has {c_in} "
-            f"channels {shapes}"
+            f"channels {shapes()}"
         )
     if bias is not None:
         if bias.shape != (c_out,):
@@ -484,7 +489,7 @@ def conv_args(
         bias = bias.astype(dtype, copy=False)
     geometry = make_geometry(
         x4.shape, layout, (kh, kw), stride, padding, dilation, func,
-        x_desc=f"x shape {x.shape}, ", kernel_desc="weight kernel",
+        x_desc=("x shape", x.shape), kernel_desc="weight kernel",
     )
     args = ConvArgs(
         x=x4.astype(dtype, copy=False), weight=weight4.astype(dtype, copy=False), bias=bias,
@@ -527,7 +532,7 @@ def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func,
         stride = kernel_hw
     geometry = make_geometry(
         x4.shape, layout, kernel_hw, stride, padding, 1, func,
-        ceil_mode=bool(ceil_mode), x_desc=f"{x_name} {x.shape}, ", kernel_desc="kernel_size",
+        ceil_mode=bool(ceil_mode), x_desc=(x_name, x.shape), kernel_desc="kernel_size",
     )
     pads = (geometry.pad_top, geometry.pad_bottom, geometry.pad_left, geometry.pad_right)
     halves = (kernel_hw[0], kernel_hw[0], kernel_hw[1], kernel_hw[1])
@@ -582,7 +587,7 @@ def im2col_args(x, kernel_size, stride, padding, dilation, layout, func="im2col"
         raise ValueError(f"{func}: x must be 4-D {form} for layout={layout!r}, got shape {x.shape}")
     kernel_hw = as_pair(kernel_size, "kernel_size", func)
     geometry = make_geometry(x.shape, layout, kernel_hw, stride, padding, dilation, func,
-                             x_desc=f"x shape {x.shape}, ", kernel_desc="kernel_size")
+                             x_desc=("x shape", x.shape), kernel_desc="kernel_size")
     check_size(cols_shape(geometry), dtype.itemsize, "the column matrix", func)
     return x.astype(dtype, copy=False), geometry, layout
 
@@ -605,7 +610,7 @@ def col2im_args(cols, input_shape, kernel_size, stride, padding, dilation, layou
         raise ValueError(f"{func}: input_shape must be 4 non-negative ints, got {input_shape!r}")
     kernel_hw = as_pair(kernel_size, "kernel_size", func)
     geometry = make_geometry(shape, layout, kernel_hw, stride, padding, dilation, func,
-                             x_desc=f"input_shape {shape}, ", kernel_desc="kernel_size")
+                             x_desc=("input_shape", shape), kernel_desc="kernel_size")
     expected = cols_shape(geometry)
     if cols.shape != expected:
         raise ValueError(
@@ -616,9 +621,14 @@ def col2im_args(cols, input_shape, kernel_size, stride, padding, dilation, layou
     return cols.astype(dtype, copy=False), geometry, layout
 
 
+_ONE_BYTE = np.zeros(1, dtype=np.uint8)
+
+
 def final_shape(restore: Any, shape4: Tuple[int, ...]) -> Tuple[int, ...]:
     """The caller-rank shape of a 4-D result of ``shape4`` (what ``restore`` will return)."""
-    return restore(np.broadcast_to(np.empty((), dtype=np.uint8), shape4)).shape
+    # A zero-stride view of one byte: restore() only indexes it, and this is the cheapest
+    # array of any shape to build (it runs on every call, so per-call overhead matters).
+    return restore(np.ndarray(shape4, np.uint8, buffer=_ONE_BYTE, strides=(0,) * len(shape4))).shape
 
 
 # --------------------------------------------------------------------------------------------
