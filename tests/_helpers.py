@@ -74,3 +74,20 @@ def to_nchw(x):
 
 def oihw_to_hwio(w):
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+# conv2d's "auto" heuristic, for the forward and backward tests: (C_in/groups, kernel,
+# C_out/groups, groups, (algorithm for NCHW, algorithm for NHWC)). im2col needs a reduction
+# C_in/groups*KH*KW >= 16 and >= 4 output channels per group in NCHW, >= 32 and >= 8 in NHWC.
+AUTO_CASES = [
+    (8, (2, 2), 8, 1, ("im2col", "im2col")),   # NHWC thresholds met exactly
+    (1, (4, 4), 4, 1, ("im2col", "direct")),   # NCHW thresholds met exactly
+    (3, (3, 3), 16, 1, ("im2col", "direct")),  # reduction 27: < 32, >= 16
+    (4, (3, 3), 7, 1, ("im2col", "direct")),   # 7 output channels per group: < 8, >= 4
+    (1, (3, 5), 4, 1, ("direct", "direct")),   # reduction 15 < 16
+    (2, (3, 3), 3, 1, ("direct", "direct")),   # 3 output channels < 4
+    (4, (3, 3), 8, 2, ("im2col", "im2col")),   # thresholds are per group
+    (1, (3, 3), 1, 16, ("direct", "direct")),  # depthwise
+]
+AUTO_CASE_IDS = ["nhwc-thresholds", "nchw-thresholds", "small-reduction", "few-channels",
+                 "tiny-reduction", "tiny-channels", "grouped", "depthwise"]

@@ -28,6 +28,8 @@ from numpy.testing import assert_array_equal
 import fastconv
 from fastconv import reference
 from _helpers import (
+    AUTO_CASE_IDS,
+    AUTO_CASES,
     DTYPES,
     HAVE_TORCH,
     LAYOUTS,
@@ -272,20 +274,11 @@ def test_conv_1x1_image_larger_than_a_default_tile(layout):
     check_conv_against_reference(g, x, w, case, layout, "im2col", np.float32)
 
 
-@pytest.mark.parametrize(
-    "cig, kernel, cog, groups, expected",
-    [
-        (8, (2, 2), 8, 1, "im2col"),    # reduction 32, 8 channels: both thresholds met exactly
-        (3, (3, 3), 16, 1, "direct"),   # reduction 27 < 32
-        (4, (3, 3), 7, 1, "direct"),    # 7 output channels per group < 8
-        (4, (3, 3), 8, 2, "im2col"),    # thresholds are per group
-        (1, (3, 3), 1, 16, "direct"),   # depthwise
-    ],
-    ids=["at-thresholds", "small-reduction", "few-channels", "grouped", "depthwise"],
-)
+@pytest.mark.parametrize("cig, kernel, cog, groups, expected", AUTO_CASES, ids=AUTO_CASE_IDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_conv_auto_picks_as_conv2d_documents(layout, cig, kernel, cog, groups, expected):
     """"auto" gives bit for bit the algorithm conv2d's documented heuristic picks."""
+    expected = expected[LAYOUTS.index(layout)]
     case = Case("auto", 2, cig * groups, 9, 9, cog * groups, kernel, padding=1, groups=groups)
     g, x, w = make_problem(case, layout, np.float64, seed=7)
     kw = dict(layout=layout, num_threads=1, **case.kwargs())

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import reference
 from _helpers import (
+    AUTO_CASE_IDS,
+    AUTO_CASES,
     DTYPES,
     HAVE_TORCH,
     LAYOUTS,
@@ -245,20 +247,11 @@ def test_im2col_tiles_with_partial_rows_match_reference(monkeypatch, layout, ker
                  err_msg=f"tile_rows={tile_rows} layout={layout}")
 
 
-@pytest.mark.parametrize(
-    "cig, kernel, cog, groups, expected",
-    [
-        (8, (2, 2), 8, 1, "im2col"),    # reduction 32, 8 channels: both thresholds met exactly
-        (3, (3, 3), 16, 1, "direct"),   # reduction 27 < 32
-        (4, (3, 3), 7, 1, "direct"),    # 7 output channels per group < 8
-        (4, (3, 3), 8, 2, "im2col"),    # thresholds are per group
-        (1, (3, 3), 1, 16, "direct"),   # depthwise
-    ],
-    ids=["at-thresholds", "small-reduction", "few-channels", "grouped", "depthwise"],
-)
+@pytest.mark.parametrize("cig, kernel, cog, groups, expected", AUTO_CASES, ids=AUTO_CASE_IDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_auto_follows_documented_heuristic(layout, cig, kernel, cog, groups, expected):
     """"auto" gives bit for bit the result of the algorithm its documentation says it picks."""
+    expected = expected[LAYOUTS.index(layout)]
     case = Case("auto", 2, cig * groups, 9, 9, cog * groups, kernel, padding=1, groups=groups)
     x, w, _ = make_problem(case, layout, np.float64, seed=7)
     kw = dict(layout=layout, num_threads=1, **case.kwargs())
