@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from . import _openmp_env, _threads
+from . import _isa, _openmp_env, _threads
 from ._kernels import _openmp
 from ._version import __version__
 
@@ -21,7 +21,9 @@ def config() -> Dict[str, Any]:
     """The version, build options and thread settings, as a dict.
 
     Keys: ``version``, ``openmp`` (compiled in), ``openmp_max_threads``,
-    ``openmp_wait_policy`` (see :mod:`fastconv._openmp_env`), ``num_threads`` (the
+    ``openmp_wait_policy`` (see :mod:`fastconv._openmp_env`), ``cpu_level`` (the instruction
+    set of the kernels in use) and ``cpu_dispatch`` (why; see :mod:`fastconv._isa`),
+    ``num_threads`` (the
     current default of every op), ``default_num_threads``, ``compiler``, ``compile_args``,
     ``link_args``, ``numpy_build_version``, ``numpy_runtime_version``, ``cython_version``,
     ``python_version``.
@@ -38,6 +40,8 @@ def config() -> Dict[str, Any]:
         "openmp": _openmp.openmp_enabled(),
         "openmp_max_threads": _openmp.omp_max_threads(),
         "openmp_wait_policy": _openmp_env.describe(),
+        "cpu_level": _isa.LEVEL,
+        "cpu_dispatch": _isa.describe(),
         "num_threads": _threads.get_num_threads(),
         "default_num_threads": _threads.default_num_threads(),
         "compiler": BUILD_INFO.get("compiler", "unknown"),

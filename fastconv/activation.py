@@ -8,7 +8,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _threads, _validate
-from ._kernels import _relu
+from ._isa import kernel_module
+
+_relu = kernel_module("_relu")
 
 __all__ = ["relu", "relu_backward"]
 

@@ -10,7 +10,11 @@ from numpy.typing import ArrayLike
 
 from . import _threads, _validate
 from ._validate import IntPair, PaddingArg
-from ._kernels import _conv, _conv_backward, _im2col
+from ._isa import kernel_module
+
+_conv = kernel_module("_conv")
+_conv_backward = kernel_module("_conv_backward")
+_im2col = kernel_module("_im2col")
 
 __all__ = ["conv2d", "conv2d_backward"]
 

@@ -9,7 +9,9 @@ from numpy.typing import ArrayLike
 
 from . import _threads, _validate
 from ._validate import IntPair, PaddingArg
-from ._kernels import _pool
+from ._isa import kernel_module
+
+_pool = kernel_module("_pool")
 
 __all__ = ["max_pool2d", "avg_pool2d", "max_pool2d_backward", "avg_pool2d_backward"]
 

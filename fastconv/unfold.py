@@ -9,7 +9,9 @@ from numpy.typing import ArrayLike
 
 from . import _threads, _validate
 from ._validate import IntPair, PaddingArg
-from ._kernels import _im2col
+from ._isa import kernel_module
+
+_im2col = kernel_module("_im2col")
 
 __all__ = ["im2col", "col2im"]
 

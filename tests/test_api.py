@@ -154,6 +154,8 @@ CONFIG_TYPES = {
     "openmp": bool,
     "openmp_max_threads": int,
     "openmp_wait_policy": str,
+    "cpu_level": str,
+    "cpu_dispatch": str,
     "num_threads": int,
     "default_num_threads": int,
     "compiler": str,

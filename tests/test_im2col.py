@@ -328,7 +328,7 @@ def test_invalid_num_threads(bad, error):
 @pytest.fixture
 def kernels_forbidden(monkeypatch):
     """Replace the compiled im2col/col2im kernels with ones that fail the test if called."""
-    module = importlib.import_module("fastconv._kernels._im2col")
+    module = importlib.import_module("fastconv.unfold")._im2col   # the dispatched module
     for name in ("im2col_nchw", "im2col_nhwc", "col2im_nchw", "col2im_nhwc"):
         def forbidden(*args, _name=name, **kwargs):
             raise AssertionError(f"kernel {_name} ran before the arguments were rejected")
