@@ -104,6 +104,19 @@ def _taps(g: Geometry) -> Iterator[Tuple[int, int, slice, slice]]:
             yield kh, kw, hs, ws
 
 
+def _avg_divisors(g: Geometry, dtype: np.dtype, count_include_pad: bool, divisor: int):
+    """Average pooling's divisor: ``divisor`` (divisor_override) if non-zero, else per output
+    pixel the number of window cells inside the padded input (``count_include_pad``) or inside
+    the real input. The ceil_mode overhang never counts."""
+    if divisor:
+        return divisor
+    # 1 for every cell that counts towards the divisor, windowed like the input.
+    inside = _pad(np.ones((g.h, g.w), dtype=dtype), g, 1 if count_include_pad else 0)
+    inside[g.pad_top + g.h + g.pad_bottom:, :] = 0
+    inside[:, g.pad_left + g.w + g.pad_right:] = 0
+    return _windows(inside, g).sum(axis=-1)
+
+
 def _windows(padded: np.ndarray, g: Geometry) -> np.ndarray:
     """Every window of ``padded``: shape ``(..., out_h, out_w, KH*KW)``, taps in row-major order."""
     return np.stack([padded[..., hs, ws] for _, _, hs, ws in _taps(g)], axis=-1)
@@ -329,15 +342,7 @@ def avg_pool2d(
     divisor = avg_divisor(divisor_override, "avg_pool2d")
     check_out(out, final_shape(args.restore, args.out_shape4), args.dtype, "avg_pool2d")
     g = args.geometry
-    if divisor:
-        counts = divisor
-    else:
-        # 1 for every cell that counts towards the divisor, windowed like the input.
-        inside = _pad(np.ones((g.h, g.w), dtype=args.dtype), g, 1 if count_include_pad else 0)
-        inside[g.pad_top + g.h + g.pad_bottom:, :] = 0  # ceil_mode overhang never counts
-        inside[:, g.pad_left + g.w + g.pad_right:] = 0
-        counts = _windows(inside, g).sum(axis=-1)
-
+    counts = _avg_divisors(g, args.dtype, count_include_pad, divisor)
     with np.errstate(**IEEE_SILENT):
         sums = _windows(_pad(_to_nchw(args.x, args.layout), g, 0), g).sum(axis=-1)
         averages = sums / counts
@@ -676,13 +681,7 @@ def avg_pool2d_backward(
     check_num_threads(num_threads, func)
     divisor = avg_divisor(divisor_override, func)
     args, g = grad.pool, grad.pool.geometry
-    if divisor:
-        counts = divisor
-    else:
-        inside = _pad(np.ones((g.h, g.w), dtype=args.dtype), g, 1 if count_include_pad else 0)
-        inside[g.pad_top + g.h + g.pad_bottom:, :] = 0
-        inside[:, g.pad_left + g.w + g.pad_right:] = 0
-        counts = _windows(inside, g).sum(axis=-1)
+    counts = _avg_divisors(g, args.dtype, count_include_pad, divisor)
     with np.errstate(**IEEE_SILENT):
         share = _to_nchw(grad.grad_out, args.layout) / counts
         gxp = _pad(np.zeros((g.n, g.c, g.h, g.w), dtype=args.dtype), g, 0)

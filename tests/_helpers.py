@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Optional
+
 import numpy as np
 
 DTYPES = (np.float32, np.float64)
@@ -91,3 +94,34 @@ AUTO_CASES = [
 ]
 AUTO_CASE_IDS = ["nhwc-thresholds", "nchw-thresholds", "small-reduction", "few-channels",
                  "tiny-reduction", "tiny-channels", "grouped", "depthwise"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+    """One convolution problem, described in NCHW / OIHW terms (forward and backward tests)."""
+
+    name: str
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    kernel: tuple
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    bias: bool = False
+    activation: Optional[str] = None
+
+    @property
+    def reduction(self) -> int:
+        return self.c_in // self.groups * self.kernel[0] * self.kernel[1]
+
+    def kwargs(self):
+        """The geometry keywords (and the activation, when set) of conv2d and its backward."""
+        kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                  groups=self.groups)
+        if self.activation is not None:
+            kw["activation"] = self.activation
+        return kw

@@ -14,10 +14,8 @@ scale with the reduction length.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import itertools
-from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +26,7 @@ from numpy.testing import assert_array_equal
 import fastconv
 from fastconv import reference
 from _helpers import (
+    ConvCase,
     AUTO_CASE_IDS,
     AUTO_CASES,
     DTYPES,
@@ -75,25 +74,7 @@ def assert_exact(got, want, dtype, err_msg=""):
 # ============================================================================================
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One convolution problem, described in NCHW / OIHW terms."""
-
-    name: str
-    n: int
-    c_in: int
-    h: int
-    w: int
-    c_out: int
-    kernel: tuple
-    stride: Any = 1
-    padding: Any = 0
-    dilation: Any = 1
-    groups: int = 1
-
-    def kwargs(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups)
+Case = ConvCase   # shorter name for the many case tables below (tests/_helpers.py)
 
 
 CASES = [

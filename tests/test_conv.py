@@ -9,12 +9,10 @@ match the documentation.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import doctest
 import importlib
 import math
 import warnings
-from typing import Any, Optional
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -25,6 +23,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import reference
 from _helpers import (
+    ConvCase,
     AUTO_CASE_IDS,
     AUTO_CASES,
     DTYPES,
@@ -47,31 +46,7 @@ conv_module = importlib.import_module("fastconv.conv")
 # problem construction
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One convolution problem, described in NCHW / OIHW terms."""
-
-    name: str
-    n: int
-    c_in: int
-    h: int
-    w: int
-    c_out: int
-    kernel: tuple
-    stride: Any = 1
-    padding: Any = 0
-    dilation: Any = 1
-    groups: int = 1
-    bias: bool = False
-    activation: Optional[str] = None
-
-    @property
-    def reduction(self) -> int:
-        return self.c_in // self.groups * self.kernel[0] * self.kernel[1]
-
-    def kwargs(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups, activation=self.activation)
+Case = ConvCase   # shorter name for the many case tables below (tests/_helpers.py)
 
 
 def _pair(v):

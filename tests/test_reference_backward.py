@@ -18,10 +18,8 @@ and checks that every bad argument is refused with a message naming it, plus the
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
-from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +29,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from fastconv import reference as ref
 from _helpers import (
+    ConvCase,
     DTYPES,
     HAVE_TORCH,
     LAYOUTS,
@@ -329,27 +328,6 @@ def test_relu_hand_0d():
 # ============================================================================================
 
 # ---- conv2d --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvCase:
-    """One convolution problem, described in NCHW / OIHW terms."""
-
-    name: str
-    n: int
-    c_in: int
-    h: int
-    w: int
-    c_out: int
-    kernel: tuple
-    stride: Any = 1
-    padding: Any = 0
-    dilation: Any = 1
-    groups: int = 1
-
-    def kwargs(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups)
 
 
 CONV_CASES = [
