@@ -201,6 +201,32 @@ def col2im_nchw(
                 xp[r * W + iw] = acc
 
 
+cdef inline void _add_nhwc_row(
+    const floating* cols,   # IN  the column rows of this row's image: (OH*OW, K)
+    floating* row,          # IN/OUT input row ih of the image from channel c0: W cells, stride C
+    Py_ssize_t ih, Py_ssize_t W, Py_ssize_t C, Py_ssize_t cc, Py_ssize_t K,
+    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
+) noexcept nogil:
+    """Add to each of the row's cells (cc channels) every column entry copied from it, in a
+    fixed (kh, kw) order: a gather, so each cell is summed by one thread, deterministically."""
+    cdef Py_ssize_t iw, kh, kw, oh, ow, c
+    cdef floating* dst
+    cdef const floating* src
+    for iw in range(W):
+        dst = row + iw * C
+        for kh in range(KH):
+            oh = source_index(ih, kh, sh, dh, pt, OH)
+            if oh < 0:
+                continue
+            for kw in range(KW):
+                ow = source_index(iw, kw, sw, dw, pl, OW)
+                if ow >= 0:
+                    src = cols + (oh * OW + ow) * K + (kh * KW + kw) * cc
+                    for c in range(cc):
+                        dst[c] += src[c]
+
+
 def col2im_nhwc(
     const floating[:, ::1] cols,       # IN  (N*OH*OW, KH*KW*C)
     floating[:, :, :, ::1] x,          # OUT (N, H, W, C), fully overwritten
@@ -211,31 +237,17 @@ def col2im_nhwc(
     """NHWC col2im; deterministic for the same reason as :func:`col2im_nchw`."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t K = cols.shape[1]
-    cdef Py_ssize_t r, n, c, ih, iw, kh, kw, oh, ow
-    cdef floating* dst
-    cdef const floating* src
+    cdef Py_ssize_t r
     if N * H * W * C == 0:
         return
     cdef const floating* cp = &cols[0, 0] if cols.shape[0] > 0 else NULL
     cdef floating* xp = &x[0, 0, 0, 0]
     with nogil:
         for r in prange(N * H, schedule="static", num_threads=n_threads):
-            n = r // H
-            ih = r % H
-            for iw in range(W):
-                dst = xp + (r * W + iw) * C
-                for c in range(C):
-                    dst[c] = 0
-                for kh in range(KH):
-                    oh = source_index(ih, kh, stride_h, dilation_h, pad_top, OH)
-                    if oh < 0:
-                        continue
-                    for kw in range(KW):
-                        ow = source_index(iw, kw, stride_w, dilation_w, pad_left, OW)
-                        if ow >= 0:
-                            src = cp + (n * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * C
-                            for c in range(C):
-                                dst[c] += src[c]
+            memset(xp + r * W * C, 0, W * C * sizeof(floating))
+            _add_nhwc_row(cp + (r // H) * OH * OW * K, xp + r * W * C, r % H, W, C, C, K,
+                          KH, KW, OH, OW, stride_h, stride_w, dilation_h, dilation_w,
+                          pad_top, pad_left)
 
 
 cdef inline void _add_cols_t_plane(
@@ -315,26 +327,13 @@ def col2im_nhwc_add(
     cdef Py_ssize_t H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t K = cols.shape[1], cc = K // (KH * KW)
     cdef Py_ssize_t A = cols.shape[0] // (OH * OW)
-    cdef Py_ssize_t r, j, c, ih, iw, kh, kw, oh, ow
-    cdef floating* dst
-    cdef const floating* src
+    cdef Py_ssize_t r
     if A * H * W * cc == 0:
         return
     cdef const floating* cp = &cols[0, 0]
     cdef floating* xp = &x[0, 0, 0, 0]
     with nogil:
         for r in prange(A * H, schedule="static", num_threads=n_threads):
-            j = r // H
-            ih = r % H
-            for iw in range(W):
-                dst = xp + (((n0 + j) * H + ih) * W + iw) * C + c0
-                for kh in range(KH):
-                    oh = source_index(ih, kh, stride_h, dilation_h, pad_top, OH)
-                    if oh < 0:
-                        continue
-                    for kw in range(KW):
-                        ow = source_index(iw, kw, stride_w, dilation_w, pad_left, OW)
-                        if ow >= 0:
-                            src = cp + (j * OH * OW + oh * OW + ow) * K + (kh * KW + kw) * cc
-                            for c in range(cc):
-                                dst[c] += src[c]
+            _add_nhwc_row(cp + (r // H) * OH * OW * K, xp + ((n0 * H + r) * W) * C + c0,
+                          r % H, W, C, cc, K, KH, KW, OH, OW, stride_h, stride_w, dilation_h,
+                          dilation_w, pad_top, pad_left)
