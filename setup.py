@@ -29,9 +29,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_conv", "_conv_backward", "_im2col", "_pool", "_relu", "_openmp"]
+KERNELS = ["_conv", "_blocked", "_conv_backward", "_im2col", "_pool", "_relu", "_openmp"]
 # The compute kernels, built once per ISA level (_openmp only reports the runtime).
-DISPATCHED = ["_conv", "_conv_backward", "_im2col", "_pool", "_relu"]
+DISPATCHED = ["_conv", "_blocked", "_conv_backward", "_im2col", "_pool", "_relu"]
 # Per level: (GCC/Clang flags, MSVC flags). Keep in step with fastconv/_isa.py.
 ISA_LEVELS = {
     "avx2": (["-mavx2", "-mfma"], ["/arch:AVX2"]),
@@ -39,6 +39,7 @@ ISA_LEVELS = {
                 "-mavx2", "-mfma"], ["/arch:AVX512"]),
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))
+KERNEL_DIR = os.path.join("fastconv", "_kernels")
 GENERATED = os.path.join("build", "fastconv_isa")   # wrapper .pyx files, made by this script
 
 OPENMP_PROBE = textwrap.dedent(
@@ -234,7 +235,10 @@ directives = {
 }
 
 def kernel_extension(name, source):
-    return Extension(name, [source], include_dirs=[np.get_include()],
+    # The kernels' own C headers (_blocked.h) live beside the .pyx files; the generated ISA
+    # wrappers are compiled elsewhere, so the directory is given explicitly.
+    return Extension(name, [source], include_dirs=[np.get_include(), KERNEL_DIR],
+                     depends=[os.path.join(KERNEL_DIR, "_blocked.h")],
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")])
 
 

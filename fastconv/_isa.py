@@ -26,7 +26,7 @@ REQUIRED_FEATURES = {
 }
 ENV_VAR = "FASTCONV_CPU_LEVEL"
 # Every level has each of these modules (the probe below looks for the first one).
-DISPATCHED = ("_conv", "_conv_backward", "_im2col", "_pool", "_relu")
+DISPATCHED = ("_conv", "_blocked", "_conv_backward", "_im2col", "_pool", "_relu")
 
 
 def cpu_features() -> Dict[str, bool]:

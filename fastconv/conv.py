@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Iterable, Literal, Optional, Tuple
 
 import numpy as np
@@ -13,6 +14,7 @@ from ._validate import IntPair, PaddingArg
 from ._isa import kernel_module
 
 _conv = kernel_module("_conv")
+_blocked = kernel_module("_blocked")
 _conv_backward = kernel_module("_conv_backward")
 _im2col = kernel_module("_im2col")
 
@@ -23,14 +25,31 @@ __all__ = ["conv2d", "conv2d_backward"]
 # multiplied tile by tile, so memory stays bounded whatever the batch size.
 IM2COL_TILE_BYTES = 8 * 2**20
 
-# "auto" picks im2col + GEMM when the GEMM is big enough for BLAS to pay off: a reduction length
+# Forward "auto" (see choose_algorithm) runs the blocked direct kernel on dense calls of at least
+# this many multiply-adds; 1x1 NHWC calls from the second size on.
+AUTO_BLOCKED_MIN_MACS = 2**20
+AUTO_POINTWISE_MIN_MACS = 2**28
+
+# Otherwise (and in the backward pass) "auto" picks im2col + GEMM when the GEMM is big enough
+# for BLAS to pay off: a reduction length
 # (C_in/groups * KH * KW) and an output-channel count per group both of at least these sizes,
-# per layout. Below that (depthwise, single-channel filters) the direct kernel wins. Measured
-# (python -m fastconv bench --algorithms all): LeNet's first layer (reduction 25, 6 channels)
-# runs 2x faster with im2col in NCHW at batch 1 and 32, but 20% slower in NHWC at batch 32,
-# whose direct kernel vectorises over output channels instead.
+# per layout. Below that (depthwise, single-channel filters) the plain direct loops win.
+# Measured against those loops (python -m fastconv bench --algorithms all): LeNet's first layer
+# (reduction 25, 6 channels) runs 2x faster with im2col in NCHW, 20% slower in NHWC.
 AUTO_MIN_REDUCTION = {"NCHW": 16, "NHWC": 32}
 AUTO_MIN_CHANNELS = {"NCHW": 4, "NHWC": 8}
+
+# The direct algorithm runs the register-blocked kernel when a group has at least this many
+# output channels (a block of outputs shares each input load); with fewer (depthwise, single
+# filters) the plain loops below win.
+BLOCKED_MIN_CHANNELS = {"NCHW": 4, "NHWC": 4}
+# Scratch buffers of the blocked kernel up to this size are kept between calls, per Python
+# thread (see _scratch_array).
+SCRATCH_CACHE_BYTES = 64 * 2**20
+_scratch = threading.local()
+
+# Multiply-adds worth a thread of the blocked kernel (below that one thread does it all).
+BLOCKED_MACS_PER_THREAD = 200_000
 
 # Below this many output channels the direct NHWC path runs the NCHW kernel on transposed
 # copies (see _conv_direct).
@@ -80,10 +99,14 @@ def conv2d(
     activation : {None, "relu"}
         ``"relu"`` is fused into the kernel: no extra pass over memory.
     algorithm : {"auto", "direct", "im2col"}
-        ``"direct"`` loops over the window; ``"im2col"`` builds the column matrix tile by tile
-        and multiplies with NumPy's BLAS; ``"auto"`` uses im2col when
-        ``C_in/groups*KH*KW >= 16`` and ``C_out/groups >= 4`` (NCHW) or ``>= 32`` and ``>= 8``
-        (NHWC), direct otherwise. All give the same answers up to rounding.
+        ``"direct"``: with at least 4 output channels per group, a register-blocked kernel
+        (an implicit GEMM on a zero-padded, stride-split copy of each image, with AVX-512,
+        AVX2 or SSE2 micro-kernels); with fewer (depthwise, single filters), plain loops over
+        the window. ``"im2col"`` builds the column matrix tile by tile and multiplies with
+        NumPy's BLAS. ``"auto"`` chooses by layer shape and size (see
+        :func:`fastconv.conv.choose_algorithm`): the blocked kernel for dense layers, im2col
+        for NCHW 1x1 layers and calls under about a million multiply-adds. All give the same
+        answers up to rounding.
     out : ndarray, optional
         Written in place and returned; must have the exact result shape and dtype.
     num_threads : int, optional
@@ -149,13 +172,191 @@ def conv2d(
 
 
 def choose_algorithm(args: _validate.ConvArgs) -> str:
-    """The ``"auto"`` heuristic (see :func:`conv2d`)."""
+    """The forward ``"auto"`` heuristic (see :func:`conv2d`).
+
+    Measured with ``python -m fastconv bench --algorithms all`` (2-core AVX-512 machine): the
+    blocked direct kernel beats im2col + BLAS by 1.5-3x on every dense suite layer at batch
+    32, and at batch 1 on all but the smallest. im2col stays ahead on calls of under about
+    a million multiply-adds (LeNet at batch 1: 30 against 60 us, mostly the blocked path's
+    weight packing), on NCHW 1x1 layers (x itself is the column matrix: no copy at all), on
+    small NHWC 1x1 calls (ResNet 1x1 at batch 1: 0.30 against 0.53 ms; at batch 32 the blocked
+    kernel is 10% faster) and on NHWC layers with at most half a channel block of outputs
+    (LeNet conv2 at batch 32: 0.15 against 0.23 ms).
+    """
+    if not _uses_blocked(args):
+        return _gemm_or_loops(args)
+    g = args.geometry
+    cog = args.c_out // args.groups
+    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    if macs < AUTO_BLOCKED_MIN_MACS:
+        return _gemm_or_loops(args)
+    if _is_pointwise(g):
+        return "direct" if args.layout == "NHWC" and macs >= AUTO_POINTWISE_MIN_MACS else "im2col"
+    if args.layout == "NHWC" and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"]:
+        return "im2col"
+    return "direct"
+
+
+def _gemm_or_loops(args: _validate.ConvArgs) -> str:
+    """im2col when the GEMM is big enough for BLAS to pay off, else the plain direct loops;
+    the backward ``"auto"`` (whose direct kernels are the plain loops) and small forward calls.
+    """
     g = args.geometry
     reduction = (g.c // args.groups) * g.kernel_h * g.kernel_w
     if (reduction >= AUTO_MIN_REDUCTION[args.layout]
             and args.c_out // args.groups >= AUTO_MIN_CHANNELS[args.layout]):
         return "im2col"
     return "direct"
+
+
+def _uses_blocked(args: _validate.ConvArgs) -> bool:
+    """Whether the direct algorithm runs the register-blocked kernel (see _conv_blocked)."""
+    return args.c_out // args.groups >= BLOCKED_MIN_CHANNELS[args.layout]
+
+
+def _blocked_plan(args: _validate.ConvArgs, itemsize: int):
+    """Offsets, block counts and scratch size of the blocked kernel for these arguments.
+
+    Returns ``(off, n_cb, block, n_qblocks, Hs, Ws, buf_len)``: ``off`` (groups, K) gives
+    where each tap of each group reads the prepared image, relative to the pixel.
+    """
+    g = args.geometry
+    nhwc = args.layout == "NHWC"
+    groups = args.groups
+    cig, cog = g.c // groups, args.c_out // groups
+    sh, sw = g.stride_h, g.stride_w
+    hs = -(-(g.h + g.pad_top + g.pad_bottom) // sh)
+    ws = -(-(g.w + g.pad_left + g.pad_right) // sw)
+    taps_h = np.arange(g.kernel_h) * g.dilation_h
+    taps_w = np.arange(g.kernel_w) * g.dilation_w
+    # Tap (kh, kw) reads stride phase (kh*dh % sh, kw*dw % sw), shifted by (kh*dh // sh) rows
+    # and (kw*dw // sw) columns of that phase.
+    phase = (taps_h % sh)[:, None] * sw + (taps_w % sw)[None, :]
+    shift = (taps_h // sh)[:, None] * ws + (taps_w // sw)[None, :]
+    channels = np.arange(cig)
+    sizes = _blocked.block_sizes(itemsize)
+    if nhwc:
+        # (phase, Hs, Ws, C) images; K in HWIO order (kh, kw, ci).
+        off = ((phase * hs * ws + shift) * g.c)[:, :, None] + channels
+        group_base = np.arange(groups) * cig
+        block, q_block = sizes["ch_cols"], sizes["ch_pixels"]
+    else:
+        # (phase, C, Hs, Ws) images; K in OIHW order (ci, kh, kw).
+        off = (phase[None] * g.c + channels[:, None, None]) * hs * ws + shift[None]
+        group_base = np.arange(groups) * cig * hs * ws
+        block, q_block = sizes["pix_rows"], sizes["pix_pixels"]
+    off = np.ascontiguousarray(off.reshape(1, -1) + group_base[:, None], dtype=np.intp)
+    prepared = sh * sw * g.c * hs * ws
+    if nhwc:
+        # Blocks of output pixels; each pixel reads only its own window.
+        return off, -(-cog // block), block, -(-g.out_pixels // q_block), hs, ws, prepared
+    # Blocks of the Ws-wide grid; the last one reads up to q_block - 1 pixels past the grid,
+    # into slack that stays zero.
+    n_qblocks = -(-(g.out_h * ws) // q_block)
+    reach = n_qblocks * q_block - 1 + int(off.max()) + 1
+    return off, -(-cog // block), block, n_qblocks, hs, ws, max(prepared, reach)
+
+
+def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int):
+    """The weight as (groups, co blocks, K, block), zero-filled past the last channel, in a
+    reused scratch buffer (see _scratch_array)."""
+    groups, cog = args.groups, args.c_out // args.groups
+    k = w.size // args.c_out
+    full = cog // block
+    rest = cog - full * block
+    packed = _scratch_array("weight", (groups, n_cb, k, block), args.dtype)
+    if args.layout == "NHWC":
+        wk = w.reshape(k, groups, cog)        # HWIO: K = (kh, kw, ci) rows
+        head = wk[:, :, : full * block].reshape(k, groups, full, block).transpose(1, 2, 0, 3)
+        tail = wk[:, :, full * block:].transpose(1, 0, 2)
+    else:
+        wk = w.reshape(groups, cog, k)        # OIHW: K = (ci, kh, kw) columns
+        head = wk[:, : full * block].reshape(groups, full, block, k).transpose(0, 1, 3, 2)
+        tail = wk[:, full * block:].transpose(0, 2, 1)
+    packed[:, :full] = head
+    if rest:
+        packed[:, full, :, :rest] = tail
+        packed[:, full, :, rest:] = 0
+    return packed
+
+
+def _scratch_array(slot: str, shape, dtype) -> np.ndarray:
+    """An uninitialised array on memory kept per Python thread and ``slot`` between calls.
+
+    Fresh memory costs a page fault per 4 KiB page on first touch (about 5 us each on this
+    kind of virtual machine: 0.5 ms for a ResNet layer's packed weight and image), more
+    than the whole convolution of a small image; reusing the buffer avoids it. Buffers over
+    SCRATCH_CACHE_BYTES are not kept.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes > SCRATCH_CACHE_BYTES:
+        return np.empty(shape, dtype=dtype)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buf = buffers.get(slot)
+    if buf is None or buf.nbytes < nbytes:
+        buf = buffers[slot] = np.empty(max(nbytes, 64), dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    """Register-blocked direct convolution (implicit GEMM), see ``_kernels/_blocked.pyx``.
+
+    Each image is copied once, zero-padded and split into stride phases, into a scratch
+    buffer (one per thread when the batch is shared out by image); the micro-kernels then read
+    every tap at a fixed offset and keep a block of outputs in registers over the whole
+    reduction. Padding zeros are real, so an inf or NaN weight meets them as in PyTorch.
+    An NHWC 1x1 convolution without stride or padding reads x in place.
+    """
+    g = args.geometry
+    if g.n == 0 or g.out_pixels == 0:
+        return
+    if args.layout == "NHWC" and _is_pointwise(g):
+        _conv_pointwise_nhwc(x, w, bias, out4, args, n_threads)
+        return
+    off, n_cb, block, n_qblocks, hs, ws, buf_len = _blocked_plan(
+        args, args.dtype.itemsize)
+    prepared = g.stride_h * g.stride_w * g.c * hs * ws
+    wpack = _pack_blocked_weight(w, args, n_cb, block)
+    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks)
+    # Whole images per thread when they share out evenly enough; else one image at a time,
+    # split into (group, pixel chunk) items, about 16 per thread.
+    per_image = threads > 1 and (g.n % threads == 0 or g.n >= 4 * threads)
+    chunks = -(-16 * threads // args.groups)
+    q_chunk = max(1, -(-n_qblocks // chunks))
+    xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
+    # Every image preparation rewrites its first `prepared` elements; the slack after them
+    # (read by the last NCHW pixel block, never stored) must hold finite values.
+    xs_buf[:, prepared:] = 0
+    _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, args.layout == "NHWC",
+                            g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
+                            q_chunk, False, args.activation == "relu", threads)
+
+
+def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int) -> int:
+    g = args.geometry
+    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    return _threads.for_work(n_threads, macs // BLOCKED_MACS_PER_THREAD,
+                             g.n * args.groups * items, min_per_thread=1)
+
+
+def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    """1x1 NHWC convolution without stride or padding: x is read in place, the whole batch
+    as one column of pixels (a (pixels, C_in) x (C_in, C_out) product)."""
+    g = args.geometry
+    groups, cig = args.groups, g.c // args.groups
+    sizes = _blocked.block_sizes(args.dtype.itemsize)
+    n_cb = -(-(args.c_out // groups) // sizes["ch_cols"])
+    off = np.ascontiguousarray(np.arange(groups)[:, None] * cig + np.arange(cig), dtype=np.intp)
+    pixels = g.n * g.h * g.w
+    n_qblocks = -(-pixels // sizes["ch_pixels"])
+    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks)
+    q_chunk = max(1, -(-n_qblocks // -(-8 * threads // groups)))
+    _blocked.conv2d_blocked(
+        x.reshape(1, pixels, 1, g.c), _pack_blocked_weight(w, args, n_cb, sizes["ch_cols"]),
+        off, bias, out4.reshape(1, pixels, 1, args.c_out), np.zeros((1, 1), dtype=args.dtype),
+        True, 1, 1, 0, 0, pixels, 1, n_qblocks, q_chunk, True, args.activation == "relu",
+        threads)
 
 
 def _pad_if_not_finite(x, other, g: _validate.Geometry, layout: str):
@@ -176,6 +377,9 @@ def _pad_if_not_finite(x, other, g: _validate.Geometry, layout: str):
 
 
 def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    if _uses_blocked(args):
+        _conv_blocked(x, w, bias, out4, args, n_threads)
+        return
     layout = args.layout
     x, g = _pad_if_not_finite(x, w, args.geometry, layout)
     nhwc_out = None
@@ -370,7 +574,7 @@ def conv2d_backward(
     n_threads = _threads.resolve(num_threads, func)
     args = grad.conv
     if algorithm == "auto":
-        algorithm = choose_algorithm(args)
+        algorithm = _gemm_or_loops(args)
     gy = np.ascontiguousarray(grad.grad_out)
     xc = np.ascontiguousarray(args.x)
     wc = np.ascontiguousarray(args.weight)

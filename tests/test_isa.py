@@ -21,8 +21,8 @@ from fastconv import _isa
 TESTS = pathlib.Path(__file__).resolve().parent
 # The files that compare every kernel with the reference (forward and backward, all layouts,
 # dtypes, geometries); run again at each non-default level.
-CORE_FILES = ["test_conv.py", "test_pooling.py", "test_activation.py", "test_im2col.py",
-              "test_backward.py"]
+CORE_FILES = ["test_conv.py", "test_blocked.py", "test_pooling.py", "test_activation.py",
+              "test_im2col.py", "test_backward.py"]
 
 ALL_FEATURES = {f: True for level in _isa.LEVELS for f in _isa.REQUIRED_FEATURES[level]}
 

@@ -1,0 +1,249 @@
+"""Blocked direct convolution: register-blocked implicit GEMM on a prepared copy of each image.
+
+Compute only: ``fastconv.conv`` validates the arguments, packs the weights, builds the offset
+table and sizes the scratch buffers (see ``fastconv.conv._conv_blocked``). The micro-kernels
+and their drivers are C (``_blocked.h``); this module prepares the images and spreads the
+work over the OpenMP team.
+
+The prepared image ("xs") is the zero-padded input split into its ``stride_h * stride_w``
+stride phases: phase (a, b) holds rows a, a + sh, ... and columns b, b + sw, ... of the padded
+image, each phase Hs x Ws. Then output pixel (oh, ow), on a grid Ws wide, reads tap (kh, kw)
+at a fixed offset from pixel oh * Ws + ow, in every stride, dilation and padding, which the
+micro-kernels need. NCHW images are prepared as (phase, C, Hs, Ws), NHWC as (phase, Hs, Ws, C).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
+
+
+cdef extern from "_blocked.h" nogil:
+    Py_ssize_t fc_vec_len_f32()
+    Py_ssize_t fc_vec_len_f64()
+    Py_ssize_t fc_pix_rows()
+    Py_ssize_t fc_pix_vecs()
+    Py_ssize_t fc_ch_rows()
+    Py_ssize_t fc_ch_vecs()
+    void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
+                           Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1, Py_ssize_t qb0,
+                           Py_ssize_t qb1, float* out, const float* bias, Py_ssize_t cog,
+                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
+    void fc_pix_blocks_f64(const double* xs, const Py_ssize_t* off, const double* wpack,
+                           Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1, Py_ssize_t qb0,
+                           Py_ssize_t qb1, double* out, const double* bias, Py_ssize_t cog,
+                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
+    void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
+                          const float* wpack, Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1,
+                          Py_ssize_t qb0, Py_ssize_t qb1, float* out,
+                          Py_ssize_t C_out,
+                          const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
+                          Py_ssize_t Ws, int relu)
+    void fc_ch_blocks_f64(const double* xs, Py_ssize_t ps, const Py_ssize_t* off,
+                          const double* wpack, Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1,
+                          Py_ssize_t qb0, Py_ssize_t qb1, double* out,
+                          Py_ssize_t C_out,
+                          const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
+                          Py_ssize_t Ws, int relu)
+
+
+def block_sizes(Py_ssize_t itemsize):
+    """Block sizes of this build for float32 (itemsize 4) or float64 (8), as a dict:
+    ``pix_rows`` output channels x ``pix_pixels`` pixels (NCHW), ``ch_pixels`` pixels x
+    ``ch_cols`` output channels (NHWC)."""
+    cdef Py_ssize_t vlen = fc_vec_len_f32() if itemsize == 4 else fc_vec_len_f64()
+    return {"pix_rows": fc_pix_rows(), "pix_pixels": fc_pix_vecs() * vlen,
+            "ch_pixels": fc_ch_rows(), "ch_cols": fc_ch_vecs() * vlen}
+
+
+# --------------------------------------------------------------------------------------------
+# image preparation
+
+cdef inline void _prep_nchw_plane(
+    const floating* x,     # IN  channel c of the image: (H, W)
+    floating* xs,          # OUT phase (a, b), channel c: (Hs, Ws)
+    Py_ssize_t H, Py_ssize_t W, Py_ssize_t a, Py_ssize_t b, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hs, Py_ssize_t Ws,
+) noexcept nogil:
+    cdef Py_ssize_t i, j, ih, iw, j0, j1
+    cdef floating* row
+    cdef const floating* src
+    for i in range(Hs):
+        row = xs + i * Ws
+        ih = i * sh + a - pt
+        if ih < 0 or ih >= H:
+            memset(row, 0, Ws * sizeof(floating))
+            continue
+        src = x + ih * W
+        # Columns j with 0 <= j * sw + b - pl < W.
+        j0 = (pl - b + sw - 1) // sw if pl > b else 0
+        j1 = (W - 1 + pl - b) // sw + 1 if W - 1 + pl - b >= 0 else 0
+        if j1 > Ws:
+            j1 = Ws
+        if j0 > j1:
+            j0 = j1
+        if j0 > 0:
+            memset(row, 0, j0 * sizeof(floating))
+        if sw == 1:
+            memcpy(row + j0, src + j0 + b - pl, (j1 - j0) * sizeof(floating))
+        else:
+            for j in range(j0, j1):
+                row[j] = src[j * sw + b - pl]
+        if j1 < Ws:
+            memset(row + j1, 0, (Ws - j1) * sizeof(floating))
+
+
+cdef inline void _prep_nhwc_row(
+    const floating* x,     # IN  the image: (H, W, C)
+    floating* xs,          # OUT phase (a, b), row i: (Ws, C)
+    Py_ssize_t i, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t a, Py_ssize_t b,
+    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Ws,
+) noexcept nogil:
+    cdef Py_ssize_t j, c, ih, j0, j1
+    cdef const floating* src
+    ih = i * sh + a - pt
+    if ih < 0 or ih >= H:
+        memset(xs, 0, Ws * C * sizeof(floating))
+        return
+    src = x + ih * W * C
+    j0 = (pl - b + sw - 1) // sw if pl > b else 0
+    j1 = (W - 1 + pl - b) // sw + 1 if W - 1 + pl - b >= 0 else 0
+    if j1 > Ws:
+        j1 = Ws
+    if j0 > j1:
+        j0 = j1
+    if j0 > 0:
+        memset(xs, 0, j0 * C * sizeof(floating))
+    if sw == 1:
+        memcpy(xs + j0 * C, src + (j0 + b - pl) * C, (j1 - j0) * C * sizeof(floating))
+    elif C >= 16:
+        for j in range(j0, j1):
+            memcpy(xs + j * C, src + (j * sw + b - pl) * C, C * sizeof(floating))
+    else:
+        # A few channels (RGB stems): a call per pixel would cost more than the copy.
+        for j in range(j0, j1):
+            for c in range(C):
+                xs[j * C + c] = src[(j * sw + b - pl) * C + c]
+    if j1 < Ws:
+        memset(xs + j1 * C, 0, (Ws - j1) * C * sizeof(floating))
+
+
+cdef inline void _prep_item(
+    const floating* x, floating* xs, Py_ssize_t item, bint nhwc,
+    Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hs, Py_ssize_t Ws,
+) noexcept nogil:
+    """One unit of image preparation: NCHW a (phase, channel) plane, NHWC a (phase, row)."""
+    cdef Py_ssize_t phase, a, b
+    if nhwc:
+        phase = item // Hs
+        a = phase // sw
+        b = phase % sw
+        _prep_nhwc_row(x, xs + item * Ws * C, item % Hs, H, W, C, a, b, sh, sw, pt, pl, Ws)
+    else:
+        phase = item // C
+        a = phase // sw
+        b = phase % sw
+        _prep_nchw_plane(x + (item % C) * H * W, xs + item * Hs * Ws, H, W, a, b, sh, sw,
+                         pt, pl, Hs, Ws)
+
+
+# --------------------------------------------------------------------------------------------
+# block loops
+
+cdef inline void _blocks(
+    const floating* xs, const Py_ssize_t* off, const floating* wpack, Py_ssize_t K,
+    Py_ssize_t cb0, Py_ssize_t cb1, Py_ssize_t qb0, Py_ssize_t qb1,
+    floating* out, const floating* bias, bint nhwc, Py_ssize_t ps, Py_ssize_t C_out,
+    Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
+) noexcept nogil:
+    if nhwc:
+        if floating is float:
+            fc_ch_blocks_f32(xs, ps, off, wpack, K, cb0, cb1, qb0, qb1, out, C_out, bias,
+                             cog, OH, OW, Ws, relu)
+        else:
+            fc_ch_blocks_f64(xs, ps, off, wpack, K, cb0, cb1, qb0, qb1, out, C_out, bias,
+                             cog, OH, OW, Ws, relu)
+    else:
+        if floating is float:
+            fc_pix_blocks_f32(xs, off, wpack, K, cb0, cb1, qb0, qb1, out, bias, cog, OH, OW,
+                              Ws, relu)
+        else:
+            fc_pix_blocks_f64(xs, off, wpack, K, cb0, cb1, qb0, qb1, out, bias, cog, OH, OW,
+                              Ws, relu)
+
+
+def conv2d_blocked(
+    const floating[:, :, :, ::1] x,        # IN  (N, C_in, H, W) or (N, H, W, C_in)
+    const floating[:, :, :, ::1] wpack,    # IN  (groups, co blocks, K, block width)
+    const Py_ssize_t[:, ::1] off,          # IN  (groups, K) tap offsets into xs
+    const floating[::1] bias,              # IN  (C_out,) or (0,) for none
+    floating[:, :, :, ::1] out,            # OUT (N, C_out, OH, OW) or (N, OH, OW, C_out)
+    floating[:, ::1] xs_buf,               # SCRATCH (buffers, xs size); slack zeroed
+    bint nhwc, Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top,
+    Py_ssize_t pad_left, Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks,
+    Py_ssize_t q_chunk, bint prepared, bint relu, int n_threads,
+):
+    """Blocked direct convolution of a batch.
+
+    With one scratch buffer per thread (``xs_buf.shape[0] >= n_threads``) the images are
+    shared out whole: each thread prepares an image in its own buffer and computes all of it.
+    With one buffer, the images are done one after the other, each prepared and then computed
+    by the whole team, split into (group, ``q_chunk`` pixel blocks) items. ``prepared``: x
+    already is the prepared image (an NHWC 1x1 convolution without stride or padding), so it
+    is read in place.
+    """
+    cdef Py_ssize_t N = x.shape[0]
+    cdef Py_ssize_t C = x.shape[3] if nhwc else x.shape[1]
+    cdef Py_ssize_t H = x.shape[1] if nhwc else x.shape[2]
+    cdef Py_ssize_t W = x.shape[2] if nhwc else x.shape[3]
+    cdef Py_ssize_t C_out = out.shape[3] if nhwc else out.shape[1]
+    cdef Py_ssize_t OH = out.shape[1] if nhwc else out.shape[2]
+    cdef Py_ssize_t OW = out.shape[2] if nhwc else out.shape[3]
+    cdef Py_ssize_t groups = wpack.shape[0], n_cb = wpack.shape[1], K = wpack.shape[2]
+    cdef Py_ssize_t cog = C_out // groups
+    cdef Py_ssize_t phases = stride_h * stride_w
+    cdef Py_ssize_t n_prep = phases * (Hs if nhwc else C)
+    cdef Py_ssize_t image = H * W * C, out_image = OH * OW * C_out
+    cdef Py_ssize_t ps = C if nhwc else 1
+    cdef Py_ssize_t n_chunks = (n_qblocks + q_chunk - 1) // q_chunk
+    cdef Py_ssize_t n, g, item, qc, tid, buf_len = xs_buf.shape[1]
+    cdef bint per_thread = xs_buf.shape[0] >= n_threads and n_threads > 1
+    if N == 0 or OH == 0 or OW == 0 or C_out == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &wpack[0, 0, 0, 0]
+    cdef const Py_ssize_t* offp = &off[0, 0]
+    cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating* op = &out[0, 0, 0, 0]
+    cdef floating* bufp = &xs_buf[0, 0]
+    cdef floating* xs
+    with nogil:
+        if per_thread:
+            for n in prange(N, schedule="static", num_threads=n_threads):
+                tid = threadid()
+                xs = <floating*>(xp + n * image) if prepared else bufp + tid * buf_len
+                for item in range(0 if prepared else n_prep):
+                    _prep_item(xp + n * image, xs, item, nhwc, C, H, W, stride_h, stride_w,
+                               pad_top, pad_left, Hs, Ws)
+                for g in range(groups):
+                    _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
+                            0, n_cb, 0, n_qblocks,
+                            op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
+                            bp + g * cog if bp != NULL else NULL,
+                            nhwc, ps, C_out, cog, OH, OW, Ws, relu)
+        else:
+            for n in range(N):
+                xs = <floating*>(xp + n * image) if prepared else bufp
+                for item in prange(0 if prepared else n_prep, schedule="static",
+                                   num_threads=n_threads):
+                    _prep_item(xp + n * image, xs, item, nhwc, C, H, W, stride_h, stride_w,
+                               pad_top, pad_left, Hs, Ws)
+                for item in prange(groups * n_chunks, schedule="static",
+                                   num_threads=n_threads):
+                    g = item // n_chunks
+                    qc = item % n_chunks
+                    _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
+                            0, n_cb, qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
+                            op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
+                            bp + g * cog if bp != NULL else NULL,
+                            nhwc, ps, C_out, cog, OH, OW, Ws, relu)

@@ -1,0 +1,221 @@
+"""The register-blocked direct kernel (``algorithm="direct"`` with >= 4 output channels per
+group) against the reference: block edges, stride phases, groups, the in-place 1x1 NHWC path,
+both ways of sharing out a batch, scratch reuse, non-finite values and "auto"'s choice."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+from fastconv import _isa, _validate
+
+from _helpers import DTYPES, LAYOUTS, assert_close, oihw_to_hwio, to_nhwc
+
+conv_module = importlib.import_module("fastconv.conv")
+blocked = conv_module._blocked
+
+
+def problem(layout, dtype, n, c_in, h, w, c_out, kernel, groups=1, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c_in // groups) + tuple(kernel)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    if layout == "NHWC":
+        x, wt = to_nhwc(x), oihw_to_hwio(wt)
+    return x, wt, bias
+
+
+def check(layout, dtype, n, c_in, h, w, c_out, kernel, num_threads=2, bias=True, **kw):
+    x, wt, b = problem(layout, dtype, n, c_in, h, w, c_out, kernel, kw.get("groups", 1))
+    b = b if bias else None
+    assert conv_module._uses_blocked(_validate.conv_args(
+        x, wt, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+        kw.get("groups", 1), layout, kw.get("activation"), "test"))
+    got = fastconv.conv2d(x, wt, b, layout=layout, algorithm="direct",
+                          num_threads=num_threads, **kw)
+    want = reference.conv2d(x, wt, b, layout=layout, **kw)
+    reduction = c_in // kw.get("groups", 1) * kernel[0] * kernel[1]
+    assert_close(got, want, dtype, reduction, err_msg=f"{layout} {kw}")
+    return got
+
+
+def block_sizes(dtype):
+    return blocked.block_sizes(np.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_sizes_follow_the_vector_width(dtype):
+    """Blocks are whole vectors of the level in use (AVX-512: 64 bytes, AVX2: 32, else 16)."""
+    lanes = {"avx512": 64, "avx2": 32}.get(_isa.LEVEL, 16) // np.dtype(dtype).itemsize
+    sizes = block_sizes(dtype)
+    assert sizes["pix_pixels"] % lanes == 0 and sizes["ch_cols"] % lanes == 0
+    assert sizes["pix_rows"] >= 4 and sizes["ch_pixels"] >= 6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_channel_counts_around_the_blocks(layout, dtype):
+    """Every channel count from one below to one above each block edge of this build."""
+    sizes = block_sizes(dtype)
+    edge = sizes["ch_cols"] if layout == "NHWC" else sizes["pix_rows"]
+    for c_out in sorted({4, 5, edge - 1, edge, edge + 1, 2 * edge + 3}):
+        if c_out >= 4:
+            check(layout, dtype, 2, 3, 7, 6, c_out, (3, 3), padding=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pixel_counts_around_the_blocks(layout, dtype):
+    """Output rows shorter and longer than a pixel block, and grids ending inside a block."""
+    sizes = block_sizes(dtype)
+    q = sizes["ch_pixels"] if layout == "NHWC" else sizes["pix_pixels"]
+    for width in sorted({1, 2, q - 1, q, q + 1, 2 * q + 1}):
+        check(layout, dtype, 1, 4, 3, width, 8, (1, 3), padding=(0, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride, dilation, padding, kernel", [
+    (2, 1, 1, (3, 3)),
+    (4, 1, 2, (11, 11)),          # AlexNet's first layer: 16 stride phases
+    ((2, 3), 1, ((0, 2), (3, 1)), (3, 4)),
+    (3, 1, 0, (2, 2)),            # stride larger than the kernel: unread input
+    (1, 2, 2, (3, 3)),
+    ((1, 2), (3, 2), "same", (3, 3)),
+    (2, 2, "same", (2, 3)),
+    (1, 1, "valid", (7, 7)),      # the kernel covers the whole input
+])
+def test_strides_dilations_and_padding(layout, dtype, stride, dilation, padding, kernel):
+    check(layout, dtype, 2, 5, 13, 11 if kernel != (7, 7) else 7, 9, kernel, stride=stride,
+          dilation=dilation, padding=padding, activation="relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("groups, c_in, c_out", [(2, 6, 8), (3, 9, 12), (4, 8, 36)])
+def test_groups(layout, dtype, groups, c_in, c_out):
+    check(layout, dtype, 2, c_in, 6, 9, c_out, (3, 3), groups=groups, padding=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, h, w", [(1, 1, 1), (1, 3, 5), (3, 5, 7), (32, 2, 3)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_nhwc_reads_x_in_place(dtype, n, h, w, groups):
+    """1x1 NHWC without stride or padding: every pixel count, including ones that end
+    inside a pixel block (the block repeats its last pixel instead of reading past x)."""
+    check("NHWC", dtype, n, 8, h, w, 10 * groups, (1, 1), groups=groups)
+    check("NHWC", dtype, n, 8, h, w, 10 * groups, (1, 1), groups=groups, num_threads=1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 9])
+def test_batch_sharing_is_bit_identical_for_any_thread_count(layout, n):
+    """Whole images per thread or one image split over the team: each output element is
+    summed by one call in one order, so 1, 2 and 3 threads agree bit for bit."""
+    x, wt, b = problem(layout, np.float32, n, 6, 9, 10, 12, (3, 3))
+    results = [fastconv.conv2d(x, wt, b, padding=1, layout=layout, algorithm="direct",
+                               num_threads=t) for t in (1, 2, 3)]
+    want = reference.conv2d(x, wt, b, padding=1, layout=layout)
+    assert_close(results[0], want, np.float32, 54)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_scratch_reuse_across_sizes_and_dtypes(layout):
+    """The per-thread scratch buffers are reused: a big call, a small one, another dtype and
+    the big one again all match the reference (no stale data, stale slack or wrong view)."""
+    calls = [(np.float32, 2, 16, 20, 20, 24), (np.float32, 1, 3, 5, 4, 5),
+             (np.float64, 3, 8, 9, 7, 9), (np.float32, 2, 16, 20, 20, 24)]
+    for dtype, n, c_in, h, w, c_out in calls:
+        check(layout, dtype, n, c_in, h, w, c_out, (3, 3), padding=1)
+
+
+def test_python_threads_do_not_share_scratch():
+    """Four Python threads calling at once each get their own scratch buffers."""
+    cases = [problem(layout, np.float32, 3, 8, 11 + i, 9, 12, (3, 3), seed=i)
+             for i, layout in enumerate(LAYOUTS * 2)]
+    wants = [reference.conv2d(x, w, b, padding=1, layout=lay)
+             for (x, w, b), lay in zip(cases, LAYOUTS * 2)]
+    errors = []
+
+    def run(i):
+        x, w, b = cases[i]
+        for _ in range(20):
+            got = fastconv.conv2d(x, w, b, padding=1, layout=(LAYOUTS * 2)[i],
+                                  algorithm="direct", num_threads=1)
+            if not np.allclose(got, wants[i], rtol=1e-4, atol=1e-4):
+                errors.append(i)
+                return
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_nonfinite_weight_meets_padding_zeros(layout):
+    """Padding zeros are real in the prepared image: an inf weight times padding is NaN at
+    the border, as in PyTorch and the reference; a NaN in x spoils only its own windows."""
+    x, w, _ = problem(layout, np.float64, 1, 4, 6, 6, 8, (3, 3))
+    w = w.copy()
+    w[0, 0, 0, 0] = np.inf
+    x = x.copy()
+    x[(0, 3, 3, 1) if layout == "NHWC" else (0, 1, 3, 3)] = np.nan
+    got = fastconv.conv2d(x, w, padding=1, layout=layout, algorithm="direct")
+    want = reference.conv2d(x, w, padding=1, layout=layout)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).any() and not np.isnan(got).all()
+    assert_close(got, want, np.float64, 36)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_empty_and_strided_inputs(layout):
+    x, w, b = problem(layout, np.float32, 0, 4, 5, 5, 8, (3, 3))
+    assert fastconv.conv2d(x, w, b, layout=layout, algorithm="direct").shape[0] == 0
+    x, w, b = problem(layout, np.float32, 4, 4, 10, 12, 8, (3, 3))
+    view = x[::-2, ..., ::-1] if layout == "NHWC" else x[::-2, ::-1, ::2, ::-1]
+    got = fastconv.conv2d(view, w, b, padding=1, layout=layout, algorithm="direct")
+    assert_close(got, reference.conv2d(view, w, b, padding=1, layout=layout), np.float32, 36)
+
+
+def _auto(layout, n, c_in, hw, c_out, kernel, groups=1, dtype=np.float32):
+    """choose_algorithm for a problem of this size, without allocating it."""
+    x = np.broadcast_to(np.zeros((), dtype), (n, c_in, hw, hw) if layout == "NCHW"
+                        else (n, hw, hw, c_in))
+    k = (c_out, c_in // groups) + kernel if layout == "NCHW" else kernel + (c_in // groups, c_out)
+    w = np.broadcast_to(np.zeros((), dtype), k)
+    args = _validate.conv_args(x, w, None, 1, "same", 1, groups, layout, None, "test")
+    return conv_module.choose_algorithm(args)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_auto_choice_for_large_calls(layout):
+    """The documented rule on calls above AUTO_BLOCKED_MIN_MACS (small calls keep the older
+    rule, tested with AUTO_CASES in test_conv.py)."""
+    assert _auto(layout, 32, 64, 56, 64, (3, 3)) == "direct"
+    assert _auto(layout, 1, 3, 224, 64, (7, 7)) == "direct"
+    # 1x1: BLAS on x in place for NCHW; NHWC only from AUTO_POINTWISE_MIN_MACS on.
+    assert _auto(layout, 1, 256, 56, 64, (1, 1)) == "im2col"
+    assert _auto(layout, 32, 256, 56, 64, (1, 1)) == ("direct" if layout == "NHWC"
+                                                     else "im2col")
+    # Depthwise: the plain loops.
+    assert _auto(layout, 32, 128, 56, 128, (3, 3), groups=128) == "direct"
+    half_block = block_sizes(np.float32)["ch_cols"] // 2
+    assert _auto(layout, 32, 64, 56, half_block, (3, 3)) == (
+        "im2col" if layout == "NHWC" else "direct")
+    # Below the size threshold, the older rule.
+    assert _auto(layout, 1, 6, 14, 16, (5, 5)) == conv_module._gemm_or_loops(
+        _validate.conv_args(np.zeros((1, 6, 14, 14) if layout == "NCHW" else (1, 14, 14, 6),
+                                     np.float32),
+                            np.zeros((16, 6, 5, 5) if layout == "NCHW" else (5, 5, 6, 16),
+                                     np.float32),
+                            None, 1, "same", 1, 1, layout, None, "test"))
