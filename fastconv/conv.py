@@ -180,8 +180,9 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     a million multiply-adds (LeNet at batch 1: 30 against 60 us, mostly the blocked path's
     weight packing), on NCHW 1x1 layers (x itself is the column matrix: no copy at all), on
     small NHWC 1x1 calls (ResNet 1x1 at batch 1: 0.30 against 0.53 ms; at batch 32 the blocked
-    kernel is 10% faster) and on NHWC layers with at most half a channel block of outputs
-    (LeNet conv2 at batch 32: 0.15 against 0.23 ms).
+    kernel is 10% faster) and on NHWC layers with at most half a channel block of outputs and
+    a long reduction (LeNet conv2 at batch 32: 0.15 against 0.23 ms; LeNet conv1, reduction 25,
+    stays direct: 0.28 against 0.81 ms).
     """
     if not _uses_blocked(args):
         return _gemm_or_loops(args)
@@ -193,7 +194,7 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     if _is_pointwise(g):
         return "direct" if args.layout == "NHWC" and macs >= AUTO_POINTWISE_MIN_MACS else "im2col"
     if args.layout == "NHWC" and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"]:
-        return "im2col"
+        return _gemm_or_loops(args)
     return "direct"
 
 
