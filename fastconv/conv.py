@@ -188,7 +188,7 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
         return _gemm_or_loops(args)
     g = args.geometry
     cog = args.c_out // args.groups
-    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    macs = _macs(args)
     if macs < AUTO_BLOCKED_MIN_MACS:
         return _gemm_or_loops(args)
     if _is_pointwise(g):
@@ -215,11 +215,24 @@ def _uses_blocked(args: _validate.ConvArgs) -> bool:
     return args.c_out // args.groups >= BLOCKED_MIN_CHANNELS[args.layout]
 
 
-def _blocked_plan(args: _validate.ConvArgs, itemsize: int):
-    """Offsets, block counts and scratch size of the blocked kernel for these arguments.
+def _macs(args: _validate.ConvArgs) -> int:
+    """Multiply-adds of the forward convolution (each GEMM of the backward pass has as many)."""
+    g = args.geometry
+    return g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
 
-    Returns ``(off, n_cb, block, n_qblocks, Hs, Ws, buf_len)``: ``off`` (groups, K) gives
-    where each tap of each group reads the prepared image, relative to the pixel.
+
+def _pixel_chunk(n_qblocks: int, threads: int, groups: int) -> int:
+    """Pixel blocks per work item when one image is split over the team: about 16 items per
+    thread, so that uneven items still share out evenly."""
+    return max(1, -(-n_qblocks // -(-16 * threads // groups)))
+
+
+def _blocked_plan(args: _validate.ConvArgs):
+    """Offsets, block counts and scratch sizes of the blocked kernel for these arguments.
+
+    Returns ``(off, n_cb, block, n_qblocks, Hs, Ws, prepared, buf_len)``: ``off``
+    (groups, K) gives where each tap of each group reads the prepared image, relative to the
+    pixel; an image preparation writes ``prepared`` elements of a ``buf_len`` scratch row.
     """
     g = args.geometry
     nhwc = args.layout == "NHWC"
@@ -235,7 +248,7 @@ def _blocked_plan(args: _validate.ConvArgs, itemsize: int):
     phase = (taps_h % sh)[:, None] * sw + (taps_w % sw)[None, :]
     shift = (taps_h // sh)[:, None] * ws + (taps_w // sw)[None, :]
     channels = np.arange(cig)
-    sizes = _blocked.block_sizes(itemsize)
+    sizes = _blocked.block_sizes(args.dtype.itemsize)
     if nhwc:
         # (phase, Hs, Ws, C) images; K in HWIO order (kh, kw, ci).
         off = ((phase * hs * ws + shift) * g.c)[:, :, None] + channels
@@ -250,12 +263,13 @@ def _blocked_plan(args: _validate.ConvArgs, itemsize: int):
     prepared = sh * sw * g.c * hs * ws
     if nhwc:
         # Blocks of output pixels; each pixel reads only its own window.
-        return off, -(-cog // block), block, -(-g.out_pixels // q_block), hs, ws, prepared
+        return (off, -(-cog // block), block, -(-g.out_pixels // q_block), hs, ws, prepared,
+                prepared)
     # Blocks of the Ws-wide grid; the last one reads up to q_block - 1 pixels past the grid,
     # into slack that stays zero.
     n_qblocks = -(-(g.out_h * ws) // q_block)
     reach = n_qblocks * q_block - 1 + int(off.max()) + 1
-    return off, -(-cog // block), block, n_qblocks, hs, ws, max(prepared, reach)
+    return off, -(-cog // block), block, n_qblocks, hs, ws, prepared, max(prepared, reach)
 
 
 def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int):
@@ -315,30 +329,27 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     if args.layout == "NHWC" and _is_pointwise(g):
         _conv_pointwise_nhwc(x, w, bias, out4, args, n_threads)
         return
-    off, n_cb, block, n_qblocks, hs, ws, buf_len = _blocked_plan(
-        args, args.dtype.itemsize)
-    prepared = g.stride_h * g.stride_w * g.c * hs * ws
+    off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len = _blocked_plan(args)
     wpack = _pack_blocked_weight(w, args, n_cb, block)
     threads = _blocked_threads(args, n_threads, n_cb * n_qblocks)
     # Whole images per thread when they share out evenly enough; else one image at a time,
-    # split into (group, pixel chunk) items, about 16 per thread.
+    # split into (group, pixel chunk) items.
     per_image = threads > 1 and (g.n % threads == 0 or g.n >= 4 * threads)
-    chunks = -(-16 * threads // args.groups)
-    q_chunk = max(1, -(-n_qblocks // chunks))
     xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
     # Every image preparation rewrites its first `prepared` elements; the slack after them
     # (read by the last NCHW pixel block, never stored) must hold finite values.
     xs_buf[:, prepared:] = 0
     _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, args.layout == "NHWC",
                             g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
-                            q_chunk, False, args.activation == "relu", threads)
+                            _pixel_chunk(n_qblocks, threads, args.groups), False,
+                            args.activation == "relu", threads)
 
 
 def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int) -> int:
-    g = args.geometry
-    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
-    return _threads.for_work(n_threads, macs // BLOCKED_MACS_PER_THREAD,
-                             g.n * args.groups * items, min_per_thread=1)
+    """Threads for a blocked call with ``items`` (channel block, pixel block) pairs per image
+    and group."""
+    return _threads.for_work(n_threads, _macs(args) // BLOCKED_MACS_PER_THREAD,
+                             args.geometry.n * args.groups * items, min_per_thread=1)
 
 
 def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
@@ -352,12 +363,11 @@ def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: 
     pixels = g.n * g.h * g.w
     n_qblocks = -(-pixels // sizes["ch_pixels"])
     threads = _blocked_threads(args, n_threads, n_cb * n_qblocks)
-    q_chunk = max(1, -(-n_qblocks // -(-8 * threads // groups)))
     _blocked.conv2d_blocked(
         x.reshape(1, pixels, 1, g.c), _pack_blocked_weight(w, args, n_cb, sizes["ch_cols"]),
         off, bias, out4.reshape(1, pixels, 1, args.c_out), np.zeros((1, 1), dtype=args.dtype),
-        True, 1, 1, 0, 0, pixels, 1, n_qblocks, q_chunk, True, args.activation == "relu",
-        threads)
+        True, 1, 1, 0, 0, pixels, 1, n_qblocks, _pixel_chunk(n_qblocks, threads, groups), True,
+        args.activation == "relu", threads)
 
 
 def _pad_if_not_finite(x, other, g: _validate.Geometry, layout: str):
@@ -396,7 +406,7 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         layout = "NCHW"
     kernel = _conv.conv2d_direct_nchw if layout == "NCHW" else _conv.conv2d_direct_nhwc
     rows = g.n * g.out_h * (args.c_out if layout == "NCHW" else 1)
-    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    macs = _macs(args)
     threads = _threads.for_work(n_threads, macs, rows)
     kernel(x, w, bias, out4, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
            g.pad_top, g.pad_left, args.groups, args.activation == "relu", threads)
@@ -607,7 +617,7 @@ def _backward_direct(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threa
         gy = np.ascontiguousarray(gy.transpose(0, 3, 1, 2))
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
-    macs = g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    macs = _macs(args)
     geometry = (g.stride_h, g.stride_w, g.dilation_h, g.dilation_w)
     if grad_x is not None:
         gx = np.empty((g.n, g.c, g.h, g.w), dtype=args.dtype) if nhwc else grad_x

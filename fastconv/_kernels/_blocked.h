@@ -119,7 +119,8 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
             const T *xk = x + off[k];                                                         \
             const T *wk = w + k * FC_PIX_ROWS;                                                \
             fc_vec_##SUF xv[FC_PIX_VECS];                                                     \
-            FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++) xv[j] = FC_LOAD(SUF, xk + j * FC_VLEN(T)); \
+            FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++)                                       \
+                xv[j] = FC_LOAD(SUF, xk + j * FC_VLEN(T));                                    \
             FC_UNROLL for (r = 0; r < FC_PIX_ROWS; r++) {                                     \
                 fc_vec_##SUF b = FC_SPLAT(SUF, wk[r]);                                        \
                 FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++) acc[r][j] += b * xv[j];           \
@@ -170,7 +171,8 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
         for (r = 0; r < FC_PIX_ROWS * NR; r++) tile[r] = 0;                                   \
         for (k = 0; k < K; k++)                                                               \
             for (r = 0; r < FC_PIX_ROWS; r++)                                                 \
-                for (j = 0; j < NR; j++) tile[r * NR + j] += w[k * FC_PIX_ROWS + r] * x[off[k] + j]; \
+                for (j = 0; j < NR; j++)                                                      \
+                    tile[r * NR + j] += w[k * FC_PIX_ROWS + r] * x[off[k] + j];               \
     }
 #define FC_DEFINE_CH_KERNEL(T, SUF)                                                           \
     static void fc_ch_kernel_##SUF(const T *x, const ptrdiff_t *ro, const ptrdiff_t *off,    \
@@ -184,7 +186,8 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
     }
 #endif
 
-/* Drivers: the blocks [cb0, cb1) x [qb0, qb1) of one image (of one group), pixel blocks
+/* Drivers: pixel blocks [qb0, qb1) x every output-channel block of one image (of one group),
+ * pixel blocks
  * outside, so that a block's x stays in L1 while the weights of every channel block stream
  * from L2 (measured at least as fast as the other order on every suite layer).
  *
@@ -199,7 +202,7 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
  * group of one image; pixels C_out apart. */
 #define FC_DEFINE_DRIVERS(T, SUF)                                                             \
     static void fc_pix_blocks_##SUF(const T *xs, const ptrdiff_t *off, const T *wpack,       \
-                                    ptrdiff_t K, ptrdiff_t cb0, ptrdiff_t cb1, ptrdiff_t qb0, \
+                                    ptrdiff_t K, ptrdiff_t qb0,                               \
                                     ptrdiff_t qb1, T *out, const T *bias, ptrdiff_t cog,      \
                                     ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Ws, int relu) {     \
         enum { NR = FC_PIX_VECS * (FC_VBYTES / sizeof(T)) };                                  \
@@ -207,7 +210,7 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
         ptrdiff_t cb, qb, q, r, end;                                                          \
         for (qb = qb0; qb < qb1; qb++) {                                                      \
             ptrdiff_t q0 = qb * NR;                                                           \
-            for (cb = cb0; cb < cb1; cb++) {                                                  \
+            for (cb = 0; cb * FC_PIX_ROWS < cog; cb++) {                                      \
                 ptrdiff_t rows = cog - cb * FC_PIX_ROWS;                                      \
                 if (rows > FC_PIX_ROWS) rows = FC_PIX_ROWS;                                   \
                 fc_pix_kernel_##SUF(xs + q0, off, wpack + cb * K * FC_PIX_ROWS, K, tile);     \
@@ -232,7 +235,7 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
     }                                                                                         \
                                                                                               \
     static void fc_ch_blocks_##SUF(const T *xs, ptrdiff_t ps, const ptrdiff_t *off,          \
-                                   const T *wpack, ptrdiff_t K, ptrdiff_t cb0, ptrdiff_t cb1, \
+                                   const T *wpack, ptrdiff_t K,                               \
                                    ptrdiff_t qb0, ptrdiff_t qb1, T *out, ptrdiff_t C_out,    \
                                    const T *bias, ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW,  \
                                    ptrdiff_t Ws, int relu) {                                  \
@@ -246,7 +249,7 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
                 ptrdiff_t p = p0 + r < last ? p0 + r : last, oh = p / OW;                     \
                 ro[r] = (oh * Ws + (p - oh * OW)) * ps;                                       \
             }                                                                                 \
-            for (cb = cb0; cb < cb1; cb++) {                                                  \
+            for (cb = 0; cb * NR < cog; cb++) {                                               \
                 ptrdiff_t c0 = cb * NR, cols = cog - c0;                                      \
                 if (cols > NR) cols = NR;                                                     \
                 fc_ch_kernel_##SUF(xs, ro, off, wpack + cb * K * NR, K, tile);                \

@@ -25,25 +25,21 @@ cdef extern from "_blocked.h" nogil:
     Py_ssize_t fc_ch_rows()
     Py_ssize_t fc_ch_vecs()
     void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
-                           Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1, Py_ssize_t qb0,
-                           Py_ssize_t qb1, float* out, const float* bias, Py_ssize_t cog,
-                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
+                           Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
+                           const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t Ws, int relu)
     void fc_pix_blocks_f64(const double* xs, const Py_ssize_t* off, const double* wpack,
-                           Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1, Py_ssize_t qb0,
-                           Py_ssize_t qb1, double* out, const double* bias, Py_ssize_t cog,
-                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
+                           Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
+                           const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t Ws, int relu)
     void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
-                          const float* wpack, Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1,
-                          Py_ssize_t qb0, Py_ssize_t qb1, float* out,
-                          Py_ssize_t C_out,
-                          const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                          Py_ssize_t Ws, int relu)
+                          const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
+                          float* out, Py_ssize_t C_out, const float* bias, Py_ssize_t cog,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
     void fc_ch_blocks_f64(const double* xs, Py_ssize_t ps, const Py_ssize_t* off,
-                          const double* wpack, Py_ssize_t K, Py_ssize_t cb0, Py_ssize_t cb1,
-                          Py_ssize_t qb0, Py_ssize_t qb1, double* out,
-                          Py_ssize_t C_out,
-                          const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                          Py_ssize_t Ws, int relu)
+                          const double* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
+                          double* out, Py_ssize_t C_out, const double* bias, Py_ssize_t cog,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
 
 
 def block_sizes(Py_ssize_t itemsize):
@@ -152,23 +148,23 @@ cdef inline void _prep_item(
 
 cdef inline void _blocks(
     const floating* xs, const Py_ssize_t* off, const floating* wpack, Py_ssize_t K,
-    Py_ssize_t cb0, Py_ssize_t cb1, Py_ssize_t qb0, Py_ssize_t qb1,
+    Py_ssize_t qb0, Py_ssize_t qb1,
     floating* out, const floating* bias, bint nhwc, Py_ssize_t ps, Py_ssize_t C_out,
     Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
 ) noexcept nogil:
     if nhwc:
         if floating is float:
-            fc_ch_blocks_f32(xs, ps, off, wpack, K, cb0, cb1, qb0, qb1, out, C_out, bias,
+            fc_ch_blocks_f32(xs, ps, off, wpack, K, qb0, qb1, out, C_out, bias,
                              cog, OH, OW, Ws, relu)
         else:
-            fc_ch_blocks_f64(xs, ps, off, wpack, K, cb0, cb1, qb0, qb1, out, C_out, bias,
+            fc_ch_blocks_f64(xs, ps, off, wpack, K, qb0, qb1, out, C_out, bias,
                              cog, OH, OW, Ws, relu)
     else:
         if floating is float:
-            fc_pix_blocks_f32(xs, off, wpack, K, cb0, cb1, qb0, qb1, out, bias, cog, OH, OW,
+            fc_pix_blocks_f32(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
                               Ws, relu)
         else:
-            fc_pix_blocks_f64(xs, off, wpack, K, cb0, cb1, qb0, qb1, out, bias, cog, OH, OW,
+            fc_pix_blocks_f64(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
                               Ws, relu)
 
 
@@ -227,7 +223,7 @@ def conv2d_blocked(
                                pad_top, pad_left, Hs, Ws)
                 for g in range(groups):
                     _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
-                            0, n_cb, 0, n_qblocks,
+                            0, n_qblocks,
                             op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
                             nhwc, ps, C_out, cog, OH, OW, Ws, relu)
@@ -243,7 +239,7 @@ def conv2d_blocked(
                     g = item // n_chunks
                     qc = item % n_chunks
                     _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
-                            0, n_cb, qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
+                            qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
                             op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
                             nhwc, ps, C_out, cog, OH, OW, Ws, relu)
