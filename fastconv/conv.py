@@ -227,6 +227,34 @@ def _pixel_chunk(n_qblocks: int, threads: int, groups: int) -> int:
     return max(1, -(-n_qblocks // -(-16 * threads // groups)))
 
 
+def _prepared_grid(g: _validate.Geometry) -> Tuple[int, int]:
+    """(Hs, Ws): the size of each stride phase of the zero-padded image (see _blocked.pyx)."""
+    return (-(-(g.h + g.pad_top + g.pad_bottom) // g.stride_h),
+            -(-(g.w + g.pad_left + g.pad_right) // g.stride_w))
+
+
+def _tap_offsets(g: _validate.Geometry, cig: int, image_channels: int, nhwc: bool):
+    """(K,) offsets, relative to its output pixel, at which each (tap, channel) of a group of
+    ``cig`` channels reads a prepared image of ``image_channels`` channels; K in the weight's
+    order: (kh, kw, ci) for HWIO, (ci, kh, kw) for OIHW."""
+    sh, sw = g.stride_h, g.stride_w
+    hs, ws = _prepared_grid(g)
+    taps_h = np.arange(g.kernel_h) * g.dilation_h
+    taps_w = np.arange(g.kernel_w) * g.dilation_w
+    # Tap (kh, kw) reads stride phase (kh*dh % sh, kw*dw % sw), shifted by (kh*dh // sh) rows
+    # and (kw*dw // sw) columns of that phase.
+    phase = (taps_h % sh)[:, None] * sw + (taps_w % sw)[None, :]
+    shift = (taps_h // sh)[:, None] * ws + (taps_w // sw)[None, :]
+    channels = np.arange(cig)
+    if nhwc:
+        # (phase, Hs, Ws, C) images.
+        off = ((phase * hs * ws + shift) * image_channels)[:, :, None] + channels
+    else:
+        # (phase, C, Hs, Ws) images.
+        off = (phase[None] * image_channels + channels[:, None, None]) * hs * ws + shift[None]
+    return off.reshape(-1)
+
+
 def _blocked_plan(args: _validate.ConvArgs):
     """Offsets, block counts and scratch sizes of the blocked kernel for these arguments.
 
@@ -238,38 +266,30 @@ def _blocked_plan(args: _validate.ConvArgs):
     nhwc = args.layout == "NHWC"
     groups = args.groups
     cig, cog = g.c // groups, args.c_out // groups
-    sh, sw = g.stride_h, g.stride_w
-    hs = -(-(g.h + g.pad_top + g.pad_bottom) // sh)
-    ws = -(-(g.w + g.pad_left + g.pad_right) // sw)
-    taps_h = np.arange(g.kernel_h) * g.dilation_h
-    taps_w = np.arange(g.kernel_w) * g.dilation_w
-    # Tap (kh, kw) reads stride phase (kh*dh % sh, kw*dw % sw), shifted by (kh*dh // sh) rows
-    # and (kw*dw // sw) columns of that phase.
-    phase = (taps_h % sh)[:, None] * sw + (taps_w % sw)[None, :]
-    shift = (taps_h // sh)[:, None] * ws + (taps_w // sw)[None, :]
-    channels = np.arange(cig)
+    hs, ws = _prepared_grid(g)
     sizes = _blocked.block_sizes(args.dtype.itemsize)
     if nhwc:
-        # (phase, Hs, Ws, C) images; K in HWIO order (kh, kw, ci).
-        off = ((phase * hs * ws + shift) * g.c)[:, :, None] + channels
         group_base = np.arange(groups) * cig
         block, q_block = sizes["ch_cols"], sizes["ch_pixels"]
     else:
-        # (phase, C, Hs, Ws) images; K in OIHW order (ci, kh, kw).
-        off = (phase[None] * g.c + channels[:, None, None]) * hs * ws + shift[None]
         group_base = np.arange(groups) * cig * hs * ws
         block, q_block = sizes["pix_rows"], sizes["pix_pixels"]
-    off = np.ascontiguousarray(off.reshape(1, -1) + group_base[:, None], dtype=np.intp)
-    prepared = sh * sw * g.c * hs * ws
+    off = np.ascontiguousarray(_tap_offsets(g, cig, g.c, nhwc) + group_base[:, None],
+                               dtype=np.intp)
+    prepared = g.stride_h * g.stride_w * g.c * hs * ws
     if nhwc:
         # Blocks of output pixels; each pixel reads only its own window.
         return (off, -(-cog // block), block, -(-g.out_pixels // q_block), hs, ws, prepared,
                 prepared)
-    # Blocks of the Ws-wide grid; the last one reads up to q_block - 1 pixels past the grid,
-    # into slack that stays zero.
     n_qblocks = -(-(g.out_h * ws) // q_block)
-    reach = n_qblocks * q_block - 1 + int(off.max()) + 1
-    return off, -(-cog // block), block, n_qblocks, hs, ws, prepared, max(prepared, reach)
+    return (off, -(-cog // block), block, n_qblocks, hs, ws, prepared,
+            _slack_len(prepared, n_qblocks * q_block, off))
+
+
+def _slack_len(prepared: int, grid_pixels: int, off) -> int:
+    """Scratch length for an NCHW prepared image: the last pixel block reads up to a block
+    past the Ws-wide grid, into slack after the ``prepared`` elements that stays zero."""
+    return max(prepared, grid_pixels + int(off.max()))
 
 
 def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int):
@@ -352,6 +372,39 @@ def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int) -> in
                              args.geometry.n * args.groups * items, min_per_thread=1)
 
 
+def _uses_planes(args: _validate.ConvArgs) -> bool:
+    """Whether the direct algorithm runs the one-output-channel kernel (see _conv_planes):
+    NCHW layers with one output channel per group, and single-channel NHWC images, which
+    are NCHW ones in memory."""
+    return args.c_out == args.groups and (args.layout == "NCHW" or args.geometry.c == 1)
+
+
+def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    """Depthwise and single-filter convolution: one (image, group) per work item, its input
+    channels prepared (padded, stride-split) into a per-thread scratch plane, then one
+    output plane computed with the one-channel micro-kernel (see ``conv2d_planes``)."""
+    g = args.geometry
+    if g.n == 0 or g.out_pixels == 0:
+        return
+    if args.layout == "NHWC":   # one channel: the same memory as NCHW
+        x = x.reshape(g.n, 1, g.h, g.w)
+        out4 = out4.reshape(g.n, 1, g.out_h, g.out_w)
+    cig = g.c // args.groups
+    hs, ws = _prepared_grid(g)
+    off = np.ascontiguousarray(_tap_offsets(g, cig, cig, False), dtype=np.intp)
+    q_block = _blocked.block_sizes(args.dtype.itemsize)["plane_pixels"]
+    n_qblocks = -(-(g.out_h * ws) // q_block)
+    prepared = g.stride_h * g.stride_w * cig * hs * ws
+    threads = _threads.for_work(n_threads, _macs(args) // BLOCKED_MACS_PER_THREAD,
+                                g.n * args.groups, min_per_thread=1)
+    xs_buf = _scratch_array("image", (threads, _slack_len(prepared, n_qblocks * q_block, off)),
+                            args.dtype)
+    xs_buf[:, prepared:] = 0
+    _blocked.conv2d_planes(x, w.reshape(args.c_out, -1), off, bias, out4, xs_buf, g.stride_h,
+                           g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
+                           args.activation == "relu", threads)
+
+
 def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
     """1x1 NHWC convolution without stride or padding: x is read in place, the whole batch
     as one column of pixels (a (pixels, C_in) x (C_in, C_out) product)."""
@@ -390,6 +443,9 @@ def _pad_if_not_finite(x, other, g: _validate.Geometry, layout: str):
 def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
     if _uses_blocked(args):
         _conv_blocked(x, w, bias, out4, args, n_threads)
+        return
+    if _uses_planes(args):
+        _conv_planes(x, w, bias, out4, args, n_threads)
         return
     layout = args.layout
     x, g = _pad_if_not_finite(x, w, args.geometry, layout)

@@ -1,5 +1,6 @@
-"""The register-blocked direct kernel (``algorithm="direct"`` with >= 4 output channels per
-group) against the reference: block edges, stride phases, groups, the in-place 1x1 NHWC path,
+"""The register-blocked direct kernels against the reference: the blocked kernel
+(``algorithm="direct"`` with >= 4 output channels per group), the one-channel kernel
+(one output channel per group: depthwise, single filters), and for both: block edges, stride phases, groups, the in-place 1x1 NHWC path,
 both ways of sharing out a batch, scratch reuse, non-finite values and "auto"'s choice."""
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ def problem(layout, dtype, n, c_in, h, w, c_out, kernel, groups=1, seed=0):
     return x, wt, bias
 
 
-def check(layout, dtype, n, c_in, h, w, c_out, kernel, num_threads=2, bias=True, **kw):
+def check(layout, dtype, n, c_in, h, w, c_out, kernel, num_threads=2, bias=True,
+          path="blocked", **kw):
+    """conv2d(algorithm="direct") against the reference, after checking which kernel runs."""
     x, wt, b = problem(layout, dtype, n, c_in, h, w, c_out, kernel, kw.get("groups", 1))
     b = b if bias else None
-    assert conv_module._uses_blocked(_validate.conv_args(
-        x, wt, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-        kw.get("groups", 1), layout, kw.get("activation"), "test"))
+    args = _validate.conv_args(x, wt, b, kw.get("stride", 1), kw.get("padding", 0),
+                               kw.get("dilation", 1), kw.get("groups", 1), layout,
+                               kw.get("activation"), "test")
+    assert (conv_module._uses_blocked(args), conv_module._uses_planes(args)) == (
+        path == "blocked", path == "planes")
     got = fastconv.conv2d(x, wt, b, layout=layout, algorithm="direct",
                           num_threads=num_threads, **kw)
     want = reference.conv2d(x, wt, b, layout=layout, **kw)
@@ -102,6 +107,43 @@ def test_groups(layout, dtype, groups, c_in, c_out):
     check(layout, dtype, 2, c_in, 6, 9, c_out, (3, 3), groups=groups, padding=1)
 
 
+# One output channel per group: NCHW depthwise and grouped layers, single-channel images in
+# either layout (an NHWC one is an NCHW one in memory).
+PLANE_CASES = [
+    # (layout, c_in, groups, kernel, geometry keywords)
+    ("NCHW", 8, 8, (3, 3), dict(padding=1)),
+    ("NCHW", 6, 6, (3, 3), dict(stride=2, padding=1)),
+    ("NCHW", 12, 4, (3, 3), dict(padding="same")),          # 3 input channels per group
+    ("NCHW", 5, 5, (3, 2), dict(stride=(1, 3), padding=((2, 0), (1, 3)), dilation=(1, 2))),
+    ("NCHW", 4, 4, (7, 7), dict(stride=3, padding=3)),
+    ("NCHW", 3, 3, (1, 1), {}),
+    ("NCHW", 1, 1, (5, 5), dict(stride=2, padding=2, dilation=2)),
+    ("NHWC", 1, 1, (3, 3), dict(padding=1)),
+    ("NHWC", 1, 1, (4, 3), dict(stride=2, padding="same")),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout, c_in, groups, kernel, kw", PLANE_CASES)
+@pytest.mark.parametrize("width", [1, 9, 70])
+def test_one_output_channel_per_group(layout, c_in, groups, kernel, kw, dtype, width):
+    """Widths below, inside and across the one-channel kernel's pixel blocks."""
+    check(layout, dtype, 2, c_in, 11, max(width, kernel[1]), groups, kernel, path="planes",
+          groups=groups, activation="relu", **kw)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_channel_kernel_is_bit_identical_for_any_thread_count(layout):
+    c = 1 if layout == "NHWC" else 6
+    x, wt, b = problem(layout, np.float32, 3, c, 20, 21, c, (3, 3), groups=c)
+    results = [fastconv.conv2d(x, wt, b, padding=1, groups=c, layout=layout,
+                               algorithm="direct", num_threads=t) for t in (1, 2, 3)]
+    assert_close(results[0], reference.conv2d(x, wt, b, padding=1, groups=c, layout=layout),
+                 np.float32, 9)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, h, w", [(1, 1, 1), (1, 3, 5), (3, 5, 7), (32, 2, 3)])
 @pytest.mark.parametrize("groups", [1, 2])
@@ -161,20 +203,21 @@ def test_python_threads_do_not_share_scratch():
     assert errors == []
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_nonfinite_weight_meets_padding_zeros(layout):
+@pytest.mark.parametrize("layout, c_in, c_out, groups", [
+    ("NCHW", 4, 8, 1), ("NHWC", 4, 8, 1), ("NCHW", 4, 4, 4), ("NHWC", 1, 1, 1)])
+def test_nonfinite_weight_meets_padding_zeros(layout, c_in, c_out, groups):
     """Padding zeros are real in the prepared image: an inf weight times padding is NaN at
     the border, as in PyTorch and the reference; a NaN in x spoils only its own windows."""
-    x, w, _ = problem(layout, np.float64, 1, 4, 6, 6, 8, (3, 3))
+    x, w, _ = problem(layout, np.float64, 1, c_in, 6, 6, c_out, (3, 3), groups)
     w = w.copy()
     w[0, 0, 0, 0] = np.inf
     x = x.copy()
-    x[(0, 3, 3, 1) if layout == "NHWC" else (0, 1, 3, 3)] = np.nan
-    got = fastconv.conv2d(x, w, padding=1, layout=layout, algorithm="direct")
-    want = reference.conv2d(x, w, padding=1, layout=layout)
+    x[(0, 3, 3, c_in - 1) if layout == "NHWC" else (0, c_in - 1, 3, 3)] = np.nan
+    got = fastconv.conv2d(x, w, padding=1, groups=groups, layout=layout, algorithm="direct")
+    want = reference.conv2d(x, w, padding=1, groups=groups, layout=layout)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got).any() and not np.isnan(got).all()
-    assert_close(got, want, np.float64, 36)
+    assert_close(got, want, np.float64, 9 * c_in // groups)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -645,6 +645,7 @@ def test_inputs_are_not_modified(dtype, algorithm, layout):
 
 KERNEL_NAMES = {
     "_conv": ("conv2d_direct_nchw", "conv2d_direct_nhwc", "add_bias_relu"),
+    "_blocked": ("conv2d_blocked", "conv2d_planes"),
     "_im2col": ("im2col_nchw", "im2col_nhwc", "col2im_nchw", "col2im_nhwc"),
 }
 
@@ -664,8 +665,10 @@ def kernels_forbidden(monkeypatch):
 def test_kernels_forbidden_fixture_intercepts_kernels(kernels_forbidden):
     """Guard for the fixture itself: a valid call must hit the patched kernels."""
     for algorithm in FAST_ALGORITHMS:
-        with pytest.raises(AssertionError, match="kernel .* ran"):
-            fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2)), algorithm=algorithm)
+        for c_out in (1, 2, 4):   # the one-channel, plain-loop and blocked direct kernels
+            with pytest.raises(AssertionError, match="kernel .* ran"):
+                fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((c_out, 1, 2, 2)),
+                                algorithm=algorithm)
 
 
 X4 = np.ones((1, 3, 8, 8))

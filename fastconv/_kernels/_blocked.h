@@ -27,6 +27,8 @@
 #include <immintrin.h>
 #endif
 
+/* One output channel per group (depthwise, single filters): 4 vectors of pixels. */
+#define FC_PLANE_VECS 4
 #if defined(__AVX512F__)
 #define FC_VBYTES 64
 #define FC_PIX_ROWS 8
@@ -64,28 +66,29 @@ static inline ptrdiff_t fc_pix_rows(void) { return FC_PIX_ROWS; }
 static inline ptrdiff_t fc_pix_vecs(void) { return FC_PIX_VECS; }
 static inline ptrdiff_t fc_ch_rows(void) { return FC_CH_ROWS; }
 static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
+static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
 
 /* Epilogue of one stored tile row: dst[i] = src[i] + b (per-element bias when bvec), then
  * ReLU. "v <= 0 ? 0 : v" keeps NaN, as PyTorch does. */
-#define FC_DEFINE_EPILOGUE(T, SUF)                                                            \
-    static inline void fc_epilogue_##SUF(T *dst, const T *src, ptrdiff_t n, const T *bvec,   \
-                                         T b, int relu) {                                    \
-        ptrdiff_t i;                                                                          \
-        if (bvec) {                                                                           \
-            if (relu) { for (i = 0; i < n; i++) { T v = src[i] + bvec[i];                     \
-                                                  dst[i] = v <= 0 ? (T)0 : v; } }             \
-            else { for (i = 0; i < n; i++) dst[i] = src[i] + bvec[i]; }                       \
-        } else if (relu) {                                                                    \
-            for (i = 0; i < n; i++) { T v = src[i] + b; dst[i] = v <= 0 ? (T)0 : v; }         \
-        } else {                                                                              \
-            for (i = 0; i < n; i++) dst[i] = src[i] + b;                                      \
-        }                                                                                     \
+#define FC_DEFINE_EPILOGUE(T, SUF)                                                             \
+    static inline void fc_epilogue_##SUF(T *dst, const T *src, ptrdiff_t n, const T *bvec,     \
+                                         T b, int relu) {                                      \
+        ptrdiff_t i;                                                                           \
+        if (bvec) {                                                                            \
+            if (relu) { for (i = 0; i < n; i++) { T v = src[i] + bvec[i];                      \
+                                                  dst[i] = v <= 0 ? (T)0 : v; } }              \
+            else { for (i = 0; i < n; i++) dst[i] = src[i] + bvec[i]; }                        \
+        } else if (relu) {                                                                     \
+            for (i = 0; i < n; i++) { T v = src[i] + b; dst[i] = v <= 0 ? (T)0 : v; }          \
+        } else {                                                                               \
+            for (i = 0; i < n; i++) dst[i] = src[i] + b;                                       \
+        }                                                                                      \
     }
 
 #if FC_VECTOR_EXT
 /* vec: aligned register type; uvec: the same with 4/8-byte alignment, for unaligned loads. */
-#define FC_DEFINE_TYPES(T, SUF)                                                               \
-    typedef T fc_vec_##SUF __attribute__((vector_size(FC_VBYTES)));                           \
+#define FC_DEFINE_TYPES(T, SUF)                                                                \
+    typedef T fc_vec_##SUF __attribute__((vector_size(FC_VBYTES)));                            \
     typedef T fc_uvec_##SUF __attribute__((vector_size(FC_VBYTES), aligned(sizeof(T))));
 #define FC_VLEN(T) ((ptrdiff_t)(FC_VBYTES / sizeof(T)))
 #define FC_ZERO(SUF) ((fc_vec_##SUF){0})
@@ -105,83 +108,83 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
 #define FC_SPLAT_f32(P, s) ((fc_vec_f32)P##_set1_ps(s))
 #define FC_SPLAT_f64(P, s) ((fc_vec_f64)P##_set1_pd(s))
 
-/* pix micro-kernel: tile[r][j] = sum_k w[k * PIX_ROWS + r] * x[off[k] + j],
- * r < PIX_ROWS, j < PIX_VECS * VLEN. */
-#define FC_DEFINE_PIX_KERNEL(T, SUF)                                                          \
-    static inline void fc_pix_kernel_##SUF(const T *x, const ptrdiff_t *off, const T *w,     \
-                                           ptrdiff_t K, T *tile) {                            \
-        fc_vec_##SUF acc[FC_PIX_ROWS][FC_PIX_VECS];                                           \
-        ptrdiff_t k;                                                                          \
-        int r, j;                                                                             \
-        FC_UNROLL for (r = 0; r < FC_PIX_ROWS; r++)                                           \
-            FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++) acc[r][j] = FC_ZERO(SUF);             \
-        for (k = 0; k < K; k++) {                                                             \
-            const T *xk = x + off[k];                                                         \
-            const T *wk = w + k * FC_PIX_ROWS;                                                \
-            fc_vec_##SUF xv[FC_PIX_VECS];                                                     \
-            FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++)                                       \
-                xv[j] = FC_LOAD(SUF, xk + j * FC_VLEN(T));                                    \
-            FC_UNROLL for (r = 0; r < FC_PIX_ROWS; r++) {                                     \
-                fc_vec_##SUF b = FC_SPLAT(SUF, wk[r]);                                        \
-                FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++) acc[r][j] += b * xv[j];           \
-            }                                                                                 \
-        }                                                                                     \
-        FC_UNROLL for (r = 0; r < FC_PIX_ROWS; r++)                                           \
-            FC_UNROLL for (j = 0; j < FC_PIX_VECS; j++)                                       \
-                FC_STORE(SUF, tile + (r * FC_PIX_VECS + j) * FC_VLEN(T), acc[r][j]);          \
+/* pix micro-kernels: tile[r][j] = sum_k w[k * ROWS + r] * x[off[k] + j], r < ROWS,
+ * j < VECS * VLEN; NAME_f32 and NAME_f64. */
+#define FC_DEFINE_PIX_KERNEL(T, SUF, NAME, ROWS, VECS)                                         \
+    static inline void NAME##_##SUF(const T *x, const ptrdiff_t *off, const T *w,              \
+                                    ptrdiff_t K, T *tile) {                                    \
+        fc_vec_##SUF acc[ROWS][VECS];                                                          \
+        ptrdiff_t k;                                                                           \
+        int r, j;                                                                              \
+        FC_UNROLL for (r = 0; r < ROWS; r++)                                                   \
+            FC_UNROLL for (j = 0; j < VECS; j++) acc[r][j] = FC_ZERO(SUF);                     \
+        for (k = 0; k < K; k++) {                                                              \
+            const T *xk = x + off[k];                                                          \
+            const T *wk = w + k * ROWS;                                                        \
+            fc_vec_##SUF xv[VECS];                                                             \
+            FC_UNROLL for (j = 0; j < VECS; j++)                                               \
+                xv[j] = FC_LOAD(SUF, xk + j * FC_VLEN(T));                                     \
+            FC_UNROLL for (r = 0; r < ROWS; r++) {                                             \
+                fc_vec_##SUF b = FC_SPLAT(SUF, wk[r]);                                         \
+                FC_UNROLL for (j = 0; j < VECS; j++) acc[r][j] += b * xv[j];                   \
+            }                                                                                  \
+        }                                                                                      \
+        FC_UNROLL for (r = 0; r < ROWS; r++)                                                   \
+            FC_UNROLL for (j = 0; j < VECS; j++)                                               \
+                FC_STORE(SUF, tile + (r * VECS + j) * FC_VLEN(T), acc[r][j]);                  \
     }
 
 /* ch micro-kernel: tile[r][j] = sum_k x[ro[r] + off[k]] * w[k * CH_VECS * VLEN + j],
  * r < CH_ROWS, j < CH_VECS * VLEN. Each pixel row has its own offset ro[r], so a block can
  * jump the padding columns between two output rows. */
-#define FC_DEFINE_CH_KERNEL(T, SUF)                                                           \
-    static inline void fc_ch_kernel_##SUF(const T *x, const ptrdiff_t *ro,                   \
-                                          const ptrdiff_t *off, const T *w, ptrdiff_t K,      \
-                                          T *tile) {                                          \
-        fc_vec_##SUF acc[FC_CH_ROWS][FC_CH_VECS];                                             \
-        const T *xr[FC_CH_ROWS];                                                              \
-        ptrdiff_t k;                                                                          \
-        int r, j;                                                                             \
-        FC_UNROLL for (r = 0; r < FC_CH_ROWS; r++) {                                          \
-            xr[r] = x + ro[r];                                                                \
-            FC_UNROLL for (j = 0; j < FC_CH_VECS; j++) acc[r][j] = FC_ZERO(SUF);              \
-        }                                                                                     \
-        for (k = 0; k < K; k++) {                                                             \
-            const ptrdiff_t o = off[k];                                                       \
-            const T *wk = w + k * (FC_CH_VECS * FC_VLEN(T));                                  \
-            fc_vec_##SUF wv[FC_CH_VECS];                                                      \
+#define FC_DEFINE_CH_KERNEL(T, SUF)                                                            \
+    static inline void fc_ch_kernel_##SUF(const T *x, const ptrdiff_t *ro,                     \
+                                          const ptrdiff_t *off, const T *w, ptrdiff_t K,       \
+                                          T *tile) {                                           \
+        fc_vec_##SUF acc[FC_CH_ROWS][FC_CH_VECS];                                              \
+        const T *xr[FC_CH_ROWS];                                                               \
+        ptrdiff_t k;                                                                           \
+        int r, j;                                                                              \
+        FC_UNROLL for (r = 0; r < FC_CH_ROWS; r++) {                                           \
+            xr[r] = x + ro[r];                                                                 \
+            FC_UNROLL for (j = 0; j < FC_CH_VECS; j++) acc[r][j] = FC_ZERO(SUF);               \
+        }                                                                                      \
+        for (k = 0; k < K; k++) {                                                              \
+            const ptrdiff_t o = off[k];                                                        \
+            const T *wk = w + k * (FC_CH_VECS * FC_VLEN(T));                                   \
+            fc_vec_##SUF wv[FC_CH_VECS];                                                       \
             FC_UNROLL for (j = 0; j < FC_CH_VECS; j++) wv[j] = FC_LOAD(SUF, wk + j * FC_VLEN(T)); \
-            FC_UNROLL for (r = 0; r < FC_CH_ROWS; r++) {                                      \
-                fc_vec_##SUF b = FC_SPLAT(SUF, xr[r][o]);                                     \
-                FC_UNROLL for (j = 0; j < FC_CH_VECS; j++) acc[r][j] += b * wv[j];            \
-            }                                                                                 \
-        }                                                                                     \
-        FC_UNROLL for (r = 0; r < FC_CH_ROWS; r++)                                            \
-            FC_UNROLL for (j = 0; j < FC_CH_VECS; j++)                                        \
-                FC_STORE(SUF, tile + (r * FC_CH_VECS + j) * FC_VLEN(T), acc[r][j]);           \
+            FC_UNROLL for (r = 0; r < FC_CH_ROWS; r++) {                                       \
+                fc_vec_##SUF b = FC_SPLAT(SUF, xr[r][o]);                                      \
+                FC_UNROLL for (j = 0; j < FC_CH_VECS; j++) acc[r][j] += b * wv[j];             \
+            }                                                                                  \
+        }                                                                                      \
+        FC_UNROLL for (r = 0; r < FC_CH_ROWS; r++)                                             \
+            FC_UNROLL for (j = 0; j < FC_CH_VECS; j++)                                         \
+                FC_STORE(SUF, tile + (r * FC_CH_VECS + j) * FC_VLEN(T), acc[r][j]);            \
     }
 #else
 #define FC_DEFINE_TYPES(T, SUF)
 #define FC_VLEN(T) ((ptrdiff_t)(FC_VBYTES / sizeof(T)))
-#define FC_DEFINE_PIX_KERNEL(T, SUF)                                                          \
-    static void fc_pix_kernel_##SUF(const T *x, const ptrdiff_t *off, const T *w,            \
-                                    ptrdiff_t K, T *tile) {                                   \
-        enum { NR = FC_PIX_VECS * (FC_VBYTES / sizeof(T)) };                                  \
-        ptrdiff_t k; int r, j;                                                                \
-        for (r = 0; r < FC_PIX_ROWS * NR; r++) tile[r] = 0;                                   \
-        for (k = 0; k < K; k++)                                                               \
-            for (r = 0; r < FC_PIX_ROWS; r++)                                                 \
-                for (j = 0; j < NR; j++)                                                      \
-                    tile[r * NR + j] += w[k * FC_PIX_ROWS + r] * x[off[k] + j];               \
+#define FC_DEFINE_PIX_KERNEL(T, SUF, NAME, ROWS, VECS)                                         \
+    static void NAME##_##SUF(const T *x, const ptrdiff_t *off, const T *w, ptrdiff_t K,        \
+                             T *tile) {                                                        \
+        enum { NR = VECS * (FC_VBYTES / sizeof(T)) };                                          \
+        ptrdiff_t k; int r, j;                                                                 \
+        for (r = 0; r < ROWS * NR; r++) tile[r] = 0;                                           \
+        for (k = 0; k < K; k++)                                                                \
+            for (r = 0; r < ROWS; r++)                                                         \
+                for (j = 0; j < NR; j++)                                                       \
+                    tile[r * NR + j] += w[k * ROWS + r] * x[off[k] + j];                       \
     }
-#define FC_DEFINE_CH_KERNEL(T, SUF)                                                           \
-    static void fc_ch_kernel_##SUF(const T *x, const ptrdiff_t *ro, const ptrdiff_t *off,    \
-                                   const T *w, ptrdiff_t K, T *tile) {                        \
-        enum { NR = FC_CH_VECS * (FC_VBYTES / sizeof(T)) };                                   \
-        ptrdiff_t k; int r, j;                                                                \
-        for (r = 0; r < FC_CH_ROWS * NR; r++) tile[r] = 0;                                    \
-        for (k = 0; k < K; k++)                                                               \
-            for (r = 0; r < FC_CH_ROWS; r++)                                                  \
+#define FC_DEFINE_CH_KERNEL(T, SUF)                                                            \
+    static void fc_ch_kernel_##SUF(const T *x, const ptrdiff_t *ro, const ptrdiff_t *off,      \
+                                   const T *w, ptrdiff_t K, T *tile) {                         \
+        enum { NR = FC_CH_VECS * (FC_VBYTES / sizeof(T)) };                                    \
+        ptrdiff_t k; int r, j;                                                                 \
+        for (r = 0; r < FC_CH_ROWS * NR; r++) tile[r] = 0;                                     \
+        for (k = 0; k < K; k++)                                                                \
+            for (r = 0; r < FC_CH_ROWS; r++)                                                   \
                 for (j = 0; j < NR; j++) tile[r * NR + j] += x[ro[r] + off[k]] * w[k * NR + j]; \
     }
 #endif
@@ -191,7 +194,8 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
  * outside, so that a block's x stays in L1 while the weights of every channel block stream
  * from L2 (measured at least as fast as the other order on every suite layer).
  *
- * fc_pix_blocks: pixel q = oh * Ws + ow on a grid Ws wide (only ow < OW, oh < OH exist), in
+ * fc_pix_blocks (fc_plane_blocks: one output channel, PLANE_VECS vectors of pixels): pixel
+ * q = oh * Ws + ow on a grid Ws wide (only ow < OW, oh < OH exist), in
  * blocks of PIX_VECS * VLEN; output channels in blocks of PIX_ROWS. wpack: (co blocks, K,
  * PIX_ROWS). out: channel 0 of this group of one image, (cog, OH, OW). bias: cog values or
  * NULL.
@@ -200,74 +204,81 @@ static inline ptrdiff_t fc_ch_vecs(void) { return FC_CH_VECS; }
  * repeats its last pixel), reading x at (oh * Ws + ow) * ps; output channels in blocks of
  * CH_VECS * VLEN. wpack: (co blocks, K, CH_VECS * VLEN). out: pixel 0, channel 0 of this
  * group of one image; pixels C_out apart. */
-#define FC_DEFINE_DRIVERS(T, SUF)                                                             \
-    static void fc_pix_blocks_##SUF(const T *xs, const ptrdiff_t *off, const T *wpack,       \
-                                    ptrdiff_t K, ptrdiff_t qb0,                               \
-                                    ptrdiff_t qb1, T *out, const T *bias, ptrdiff_t cog,      \
-                                    ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Ws, int relu) {     \
-        enum { NR = FC_PIX_VECS * (FC_VBYTES / sizeof(T)) };                                  \
-        T tile[FC_PIX_ROWS * NR] FC_ALIGNED;                                                  \
-        ptrdiff_t cb, qb, q, r, end;                                                          \
-        for (qb = qb0; qb < qb1; qb++) {                                                      \
-            ptrdiff_t q0 = qb * NR;                                                           \
-            for (cb = 0; cb * FC_PIX_ROWS < cog; cb++) {                                      \
-                ptrdiff_t rows = cog - cb * FC_PIX_ROWS;                                      \
-                if (rows > FC_PIX_ROWS) rows = FC_PIX_ROWS;                                   \
-                fc_pix_kernel_##SUF(xs + q0, off, wpack + cb * K * FC_PIX_ROWS, K, tile);     \
+#define FC_DEFINE_PIX_DRIVER(T, SUF, NAME, KERNEL, ROWS, VECS)                                 \
+    static void NAME##_##SUF(const T *xs, const ptrdiff_t *off, const T *wpack, ptrdiff_t K,   \
+                             ptrdiff_t qb0, ptrdiff_t qb1, T *out, const T *bias,              \
+                             ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Ws,          \
+                             int relu) {                                                       \
+        enum { NR = VECS * (FC_VBYTES / sizeof(T)) };                                          \
+        T tile[ROWS * NR] FC_ALIGNED;                                                          \
+        ptrdiff_t cb, qb, q, r, end;                                                           \
+        for (qb = qb0; qb < qb1; qb++) {                                                       \
+            ptrdiff_t q0 = qb * NR;                                                            \
+            for (cb = 0; cb * ROWS < cog; cb++) {                                              \
+                ptrdiff_t rows = cog - cb * ROWS;                                              \
+                if (rows > ROWS) rows = ROWS;                                                  \
+                KERNEL##_##SUF(xs + q0, off, wpack + cb * K * ROWS, K, tile);                  \
                 /* Scatter the tile's valid pixels, one output-row segment at a time. */      \
-                for (q = q0; q < q0 + NR; q = end) {                                          \
-                    ptrdiff_t oh = q / Ws, ow = q - oh * Ws, n;                               \
-                    end = (oh + 1) * Ws;                                                      \
-                    if (end > q0 + NR) end = q0 + NR;                                         \
-                    if (oh >= OH) break;                                                      \
-                    if (ow >= OW) continue;                                                   \
-                    n = end - q;                                                              \
-                    if (ow + n > OW) n = OW - ow;                                             \
-                    for (r = 0; r < rows; r++) {                                              \
-                        ptrdiff_t co = cb * FC_PIX_ROWS + r;                                  \
-                        fc_epilogue_##SUF(out + (co * OH + oh) * OW + ow,                     \
-                                          tile + r * NR + (q - q0), n, NULL,                  \
-                                          bias ? bias[co] : (T)0, relu);                     \
-                    }                                                                         \
-                }                                                                             \
-            }                                                                                 \
-        }                                                                                     \
-    }                                                                                         \
-                                                                                              \
-    static void fc_ch_blocks_##SUF(const T *xs, ptrdiff_t ps, const ptrdiff_t *off,          \
-                                   const T *wpack, ptrdiff_t K,                               \
-                                   ptrdiff_t qb0, ptrdiff_t qb1, T *out, ptrdiff_t C_out,    \
-                                   const T *bias, ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW,  \
-                                   ptrdiff_t Ws, int relu) {                                  \
-        enum { NR = FC_CH_VECS * (FC_VBYTES / sizeof(T)) };                                   \
-        T tile[FC_CH_ROWS * NR] FC_ALIGNED;                                                   \
-        ptrdiff_t ro[FC_CH_ROWS];                                                             \
-        ptrdiff_t cb, qb, r, last = OH * OW - 1;                                              \
-        for (qb = qb0; qb < qb1; qb++) {                                                      \
-            ptrdiff_t p0 = qb * FC_CH_ROWS;                                                   \
-            for (r = 0; r < FC_CH_ROWS; r++) {                                                \
-                ptrdiff_t p = p0 + r < last ? p0 + r : last, oh = p / OW;                     \
-                ro[r] = (oh * Ws + (p - oh * OW)) * ps;                                       \
-            }                                                                                 \
-            for (cb = 0; cb * NR < cog; cb++) {                                               \
-                ptrdiff_t c0 = cb * NR, cols = cog - c0;                                      \
-                if (cols > NR) cols = NR;                                                     \
-                fc_ch_kernel_##SUF(xs, ro, off, wpack + cb * K * NR, K, tile);                \
-                for (r = 0; r < FC_CH_ROWS && p0 + r <= last; r++)                            \
-                    fc_epilogue_##SUF(out + (p0 + r) * C_out + c0, tile + r * NR, cols,       \
-                                      bias ? bias + c0 : NULL, (T)0, relu);                  \
-            }                                                                                 \
-        }                                                                                     \
+                for (q = q0; q < q0 + NR; q = end) {                                           \
+                    ptrdiff_t oh = q / Ws, ow = q - oh * Ws, n;                                \
+                    end = (oh + 1) * Ws;                                                       \
+                    if (end > q0 + NR) end = q0 + NR;                                          \
+                    if (oh >= OH) break;                                                       \
+                    if (ow >= OW) continue;                                                    \
+                    n = end - q;                                                               \
+                    if (ow + n > OW) n = OW - ow;                                              \
+                    for (r = 0; r < rows; r++) {                                               \
+                        ptrdiff_t co = cb * ROWS + r;                                          \
+                        fc_epilogue_##SUF(out + (co * OH + oh) * OW + ow,                      \
+                                          tile + r * NR + (q - q0), n, NULL,                   \
+                                          bias ? bias[co] : (T)0, relu);                       \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+#define FC_DEFINE_DRIVERS(T, SUF)                                                              \
+    static void fc_ch_blocks_##SUF(const T *xs, ptrdiff_t ps, const ptrdiff_t *off,            \
+                                   const T *wpack, ptrdiff_t K,                                \
+                                   ptrdiff_t qb0, ptrdiff_t qb1, T *out, ptrdiff_t C_out,      \
+                                   const T *bias, ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW,   \
+                                   ptrdiff_t Ws, int relu) {                                   \
+        enum { NR = FC_CH_VECS * (FC_VBYTES / sizeof(T)) };                                    \
+        T tile[FC_CH_ROWS * NR] FC_ALIGNED;                                                    \
+        ptrdiff_t ro[FC_CH_ROWS];                                                              \
+        ptrdiff_t cb, qb, r, last = OH * OW - 1;                                               \
+        for (qb = qb0; qb < qb1; qb++) {                                                       \
+            ptrdiff_t p0 = qb * FC_CH_ROWS;                                                    \
+            for (r = 0; r < FC_CH_ROWS; r++) {                                                 \
+                ptrdiff_t p = p0 + r < last ? p0 + r : last, oh = p / OW;                      \
+                ro[r] = (oh * Ws + (p - oh * OW)) * ps;                                        \
+            }                                                                                  \
+            for (cb = 0; cb * NR < cog; cb++) {                                                \
+                ptrdiff_t c0 = cb * NR, cols = cog - c0;                                       \
+                if (cols > NR) cols = NR;                                                      \
+                fc_ch_kernel_##SUF(xs, ro, off, wpack + cb * K * NR, K, tile);                 \
+                for (r = 0; r < FC_CH_ROWS && p0 + r <= last; r++)                             \
+                    fc_epilogue_##SUF(out + (p0 + r) * C_out + c0, tile + r * NR, cols,        \
+                                      bias ? bias + c0 : NULL, (T)0, relu);                    \
+            }                                                                                  \
+        }                                                                                      \
     }
 
 FC_DEFINE_TYPES(float, f32)
 FC_DEFINE_TYPES(double, f64)
 FC_DEFINE_EPILOGUE(float, f32)
 FC_DEFINE_EPILOGUE(double, f64)
-FC_DEFINE_PIX_KERNEL(float, f32)
-FC_DEFINE_PIX_KERNEL(double, f64)
+FC_DEFINE_PIX_KERNEL(float, f32, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
+FC_DEFINE_PIX_KERNEL(double, f64, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
+FC_DEFINE_PIX_KERNEL(float, f32, fc_plane_kernel, 1, FC_PLANE_VECS)
+FC_DEFINE_PIX_KERNEL(double, f64, fc_plane_kernel, 1, FC_PLANE_VECS)
 FC_DEFINE_CH_KERNEL(float, f32)
 FC_DEFINE_CH_KERNEL(double, f64)
+FC_DEFINE_PIX_DRIVER(float, f32, fc_pix_blocks, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
+FC_DEFINE_PIX_DRIVER(double, f64, fc_pix_blocks, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
+FC_DEFINE_PIX_DRIVER(float, f32, fc_plane_blocks, fc_plane_kernel, 1, FC_PLANE_VECS)
+FC_DEFINE_PIX_DRIVER(double, f64, fc_plane_blocks, fc_plane_kernel, 1, FC_PLANE_VECS)
 FC_DEFINE_DRIVERS(float, f32)
 FC_DEFINE_DRIVERS(double, f64)
 

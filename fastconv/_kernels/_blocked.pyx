@@ -24,6 +24,7 @@ cdef extern from "_blocked.h" nogil:
     Py_ssize_t fc_pix_vecs()
     Py_ssize_t fc_ch_rows()
     Py_ssize_t fc_ch_vecs()
+    Py_ssize_t fc_plane_vecs()
     void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                            const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
@@ -32,6 +33,14 @@ cdef extern from "_blocked.h" nogil:
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                            const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
                            Py_ssize_t Ws, int relu)
+    void fc_plane_blocks_f32(const float* xs, const Py_ssize_t* off, const float* w,
+                             Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
+                             const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t Ws, int relu)
+    void fc_plane_blocks_f64(const double* xs, const Py_ssize_t* off, const double* w,
+                             Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
+                             const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t Ws, int relu)
     void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
                           float* out, Py_ssize_t C_out, const float* bias, Py_ssize_t cog,
@@ -45,10 +54,12 @@ cdef extern from "_blocked.h" nogil:
 def block_sizes(Py_ssize_t itemsize):
     """Block sizes of this build for float32 (itemsize 4) or float64 (8), as a dict:
     ``pix_rows`` output channels x ``pix_pixels`` pixels (NCHW), ``ch_pixels`` pixels x
-    ``ch_cols`` output channels (NHWC)."""
+    ``ch_cols`` output channels (NHWC), ``plane_pixels`` pixels of one output channel
+    (:func:`conv2d_planes`)."""
     cdef Py_ssize_t vlen = fc_vec_len_f32() if itemsize == 4 else fc_vec_len_f64()
     return {"pix_rows": fc_pix_rows(), "pix_pixels": fc_pix_vecs() * vlen,
-            "ch_pixels": fc_ch_rows(), "ch_cols": fc_ch_vecs() * vlen}
+            "ch_pixels": fc_ch_rows(), "ch_cols": fc_ch_vecs() * vlen,
+            "plane_pixels": fc_plane_vecs() * vlen}
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,3 +254,49 @@ def conv2d_blocked(
                             op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
                             nhwc, ps, C_out, cog, OH, OW, Ws, relu)
+
+
+def conv2d_planes(
+    const floating[:, :, :, ::1] x,        # IN  (N, C_in, H, W)
+    const floating[:, ::1] weight,         # IN  (C_out, K): one output channel per group
+    const Py_ssize_t[::1] off,             # IN  (K,) tap offsets into one group's xs
+    const floating[::1] bias,              # IN  (C_out,) or (0,) for none
+    floating[:, :, :, ::1] out,            # OUT (N, C_out, OH, OW)
+    floating[:, ::1] xs_buf,               # SCRATCH (n_threads, xs size); slack zeroed
+    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
+    Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks, bint relu, int n_threads,
+):
+    """NCHW convolution with one output channel per group (depthwise, single filters).
+
+    One work item is one (image, group): its thread prepares only that group's input
+    channels (for depthwise, one padded plane that stays in L1) and computes its output
+    plane with the one-channel micro-kernel, so x and out each pass through memory once.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t C_out = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t K = weight.shape[1], cig = C // C_out
+    cdef Py_ssize_t n_prep = stride_h * stride_w * cig
+    cdef Py_ssize_t buf_len = xs_buf.shape[1], item, i, n, g
+    cdef floating* xs
+    if N == 0 or C_out == 0 or OH == 0 or OW == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0]
+    cdef const Py_ssize_t* offp = &off[0]
+    cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating* op = &out[0, 0, 0, 0]
+    cdef floating* bufp = &xs_buf[0, 0]
+    with nogil:
+        for item in prange(N * C_out, schedule="static", num_threads=n_threads):
+            n = item // C_out
+            g = item % C_out
+            xs = bufp + threadid() * buf_len
+            for i in range(n_prep):
+                _prep_item(xp + (n * C + g * cig) * H * W, xs, i, False, cig, H, W,
+                           stride_h, stride_w, pad_top, pad_left, Hs, Ws)
+            if floating is float:
+                fc_plane_blocks_f32(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
+                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu)
+            else:
+                fc_plane_blocks_f64(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
+                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu)
