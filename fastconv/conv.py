@@ -449,6 +449,14 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         return
     layout = args.layout
     x, g = _pad_if_not_finite(x, w, args.geometry, layout)
+    if layout == "NHWC" and args.groups == g.c == args.c_out >= NHWC_DIRECT_MIN_CHANNELS:
+        # Depthwise: channels are contiguous, so the kernel vectorises over them.
+        _blocked.conv2d_depthwise_nhwc(
+            x, w.reshape(g.kernel_h * g.kernel_w, g.c), bias, out4, g.kernel_h, g.kernel_w,
+            g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, g.pad_top, g.pad_left,
+            args.activation == "relu",
+            _threads.for_work(n_threads, _macs(args), g.n * g.out_h))
+        return
     nhwc_out = None
     if layout == "NHWC" and args.c_out < NHWC_DIRECT_MIN_CHANNELS:
         # The NHWC kernel vectorises over output channels; with only a few of them the NCHW

@@ -145,6 +145,24 @@ def test_one_channel_kernel_is_bit_identical_for_any_thread_count(layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [8, 9, 64, 70, 130])
+@pytest.mark.parametrize("kernel, kw", [
+    ((3, 3), dict(padding=1)),
+    ((5, 3), dict(stride=(2, 1), padding="same", dilation=(1, 2))),
+    ((2, 2), dict(stride=3)),
+])
+def test_nhwc_depthwise(dtype, channels, kernel, kw):
+    """NHWC depthwise: whole channel blocks in registers plus a channel tail one at a time;
+    bit-identical for 1 and 2 threads."""
+    x, w, b = problem("NHWC", dtype, 2, channels, 9, 11, channels, kernel, groups=channels)
+    got = [fastconv.conv2d(x, w, b, groups=channels, layout="NHWC", algorithm="direct",
+                           activation="relu", num_threads=t, **kw) for t in (1, 2)]
+    want = reference.conv2d(x, w, b, groups=channels, layout="NHWC", activation="relu", **kw)
+    assert_close(got[0], want, dtype, kernel[0] * kernel[1])
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, h, w", [(1, 1, 1), (1, 3, 5), (3, 5, 7), (32, 2, 3)])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwise_nhwc_reads_x_in_place(dtype, n, h, w, groups):
@@ -204,7 +222,8 @@ def test_python_threads_do_not_share_scratch():
 
 
 @pytest.mark.parametrize("layout, c_in, c_out, groups", [
-    ("NCHW", 4, 8, 1), ("NHWC", 4, 8, 1), ("NCHW", 4, 4, 4), ("NHWC", 1, 1, 1)])
+    ("NCHW", 4, 8, 1), ("NHWC", 4, 8, 1), ("NCHW", 4, 4, 4), ("NHWC", 1, 1, 1),
+    ("NHWC", 16, 16, 16)])
 def test_nonfinite_weight_meets_padding_zeros(layout, c_in, c_out, groups):
     """Padding zeros are real in the prepared image: an inf weight times padding is NaN at
     the border, as in PyTorch and the reference; a NaN in x spoils only its own windows."""

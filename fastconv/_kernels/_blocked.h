@@ -282,4 +282,92 @@ FC_DEFINE_PIX_DRIVER(double, f64, fc_plane_blocks, fc_plane_kernel, 1, FC_PLANE_
 FC_DEFINE_DRIVERS(float, f32)
 FC_DEFINE_DRIVERS(double, f64)
 
+/* NHWC depthwise (one input and one output channel per group): one output row, channels in
+ * blocks of DW_VECS vectors held in registers over every tap (taps on padding are skipped;
+ * the caller pads x explicitly when the weight is not finite). out[ow, c] = bias[c] +
+ * sum over (kh, kw) of x[ih0 + kh*dh, ow*sw - pl + kw*dw, c] * w[kh, kw, c], then ReLU. */
+#define FC_DW_VECS 4
+#if FC_VECTOR_EXT
+#define FC_DEFINE_DW_NHWC(T, SUF, ITYPE)                                                    \
+    typedef ITYPE fc_ivec_##SUF __attribute__((vector_size(FC_VBYTES)));                    \
+    static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
+                                     ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
+                                     ptrdiff_t KW, ptrdiff_t OW, ptrdiff_t ih0,             \
+                                     ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,              \
+                                     ptrdiff_t pl, int relu) {                              \
+        enum { V = FC_VBYTES / sizeof(T), B = FC_DW_VECS * V };                             \
+        ptrdiff_t ow, c, kh, kw;                                                            \
+        int j;                                                                              \
+        for (ow = 0; ow < OW; ow++) {                                                       \
+            ptrdiff_t iw0 = ow * sw - pl;                                                   \
+            T *o = out + ow * C;                                                            \
+            for (c = 0; c + B <= C; c += B) {                                               \
+                fc_vec_##SUF acc[FC_DW_VECS];                                               \
+                FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                                  \
+                    acc[j] = bias ? FC_LOAD(SUF, bias + c + j * V) : FC_ZERO(SUF);          \
+                for (kh = 0; kh < KH; kh++) {                                               \
+                    ptrdiff_t ih = ih0 + kh * dh;                                           \
+                    if (ih < 0 || ih >= H) continue;                                        \
+                    for (kw = 0; kw < KW; kw++) {                                           \
+                        ptrdiff_t iw = iw0 + kw * dw;                                       \
+                        if (iw < 0 || iw >= W) continue;                                    \
+                        FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                          \
+                            acc[j] += FC_LOAD(SUF, x + (ih * W + iw) * C + c + j * V)       \
+                                      * FC_LOAD(SUF, w + (kh * KW + kw) * C + c + j * V);   \
+                    }                                                                       \
+                }                                                                           \
+                /* v <= 0 is false for NaN, so NaN passes (as in PyTorch). */               \
+                FC_UNROLL for (j = 0; j < FC_DW_VECS; j++) {                                \
+                    if (relu)                                                               \
+                        acc[j] = (fc_vec_##SUF)((fc_ivec_##SUF)acc[j]                       \
+                                                & ~(fc_ivec_##SUF)(acc[j] <= FC_ZERO(SUF)));\
+                    FC_STORE(SUF, o + c + j * V, acc[j]);                                   \
+                }                                                                           \
+            }                                                                               \
+            fc_dw_nhwc_tail_##SUF(x, w, bias, o, c, C, H, W, KH, KW, ih0, iw0, dh, dw,      \
+                                  relu);                                                    \
+        }                                                                                   \
+    }
+#else
+#define FC_DEFINE_DW_NHWC(T, SUF, ITYPE)                                                    \
+    static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
+                                     ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
+                                     ptrdiff_t KW, ptrdiff_t OW, ptrdiff_t ih0,             \
+                                     ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,              \
+                                     ptrdiff_t pl, int relu) {                              \
+        ptrdiff_t ow;                                                                       \
+        for (ow = 0; ow < OW; ow++)                                                         \
+            fc_dw_nhwc_tail_##SUF(x, w, bias, out + ow * C, 0, C, H, W, KH, KW, ih0,        \
+                                  ow * sw - pl, dh, dw, relu);                              \
+    }
+#endif
+
+/* Channels [c0, C) of one NHWC depthwise output pixel, one at a time, in the same order. */
+#define FC_DEFINE_DW_NHWC_TAIL(T, SUF)                                                      \
+    static inline void fc_dw_nhwc_tail_##SUF(const T *x, const T *w, const T *bias, T *o,   \
+                                             ptrdiff_t c0, ptrdiff_t C, ptrdiff_t H,        \
+                                             ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW,       \
+                                             ptrdiff_t ih0, ptrdiff_t iw0, ptrdiff_t dh,    \
+                                             ptrdiff_t dw, int relu) {                      \
+        ptrdiff_t c, kh, kw;                                                                \
+        for (c = c0; c < C; c++) {                                                          \
+            T v = bias ? bias[c] : (T)0;                                                    \
+            for (kh = 0; kh < KH; kh++) {                                                   \
+                ptrdiff_t ih = ih0 + kh * dh;                                               \
+                if (ih < 0 || ih >= H) continue;                                            \
+                for (kw = 0; kw < KW; kw++) {                                               \
+                    ptrdiff_t iw = iw0 + kw * dw;                                           \
+                    if (iw < 0 || iw >= W) continue;                                        \
+                    v += x[(ih * W + iw) * C + c] * w[(kh * KW + kw) * C + c];              \
+                }                                                                           \
+            }                                                                               \
+            o[c] = relu && v <= 0 ? (T)0 : v;                                               \
+        }                                                                                   \
+    }
+
+FC_DEFINE_DW_NHWC_TAIL(float, f32)
+FC_DEFINE_DW_NHWC_TAIL(double, f64)
+FC_DEFINE_DW_NHWC(float, f32, int)
+FC_DEFINE_DW_NHWC(double, f64, long long)
+
 #endif

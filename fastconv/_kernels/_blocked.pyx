@@ -41,6 +41,14 @@ cdef extern from "_blocked.h" nogil:
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                              const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
                              Py_ssize_t Ws, int relu)
+    void fc_dw_nhwc_row_f32(const float* x, const float* w, const float* bias, float* out,
+                            Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                            Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
+                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu)
+    void fc_dw_nhwc_row_f64(const double* x, const double* w, const double* bias, double* out,
+                            Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                            Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
+                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu)
     void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
                           float* out, Py_ssize_t C_out, const float* bias, Py_ssize_t cog,
@@ -300,3 +308,38 @@ def conv2d_planes(
             else:
                 fc_plane_blocks_f64(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
                                     bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu)
+
+
+def conv2d_depthwise_nhwc(
+    const floating[:, :, :, ::1] x,        # IN  (N, H, W, C)
+    const floating[:, ::1] weight,         # IN  (KH*KW, C): HWIO with one input channel
+    const floating[::1] bias,              # IN  (C,) or (0,) for none
+    floating[:, :, :, ::1] out,            # OUT (N, OH, OW, C)
+    Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+    Py_ssize_t dilation_h, Py_ssize_t dilation_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
+    bint relu, int n_threads,
+):
+    """NHWC depthwise convolution, one work item per output row (n, oh); each pixel keeps a
+    block of channels in registers over all taps. Taps on padding are skipped: the caller
+    pads x explicitly when the weight holds an inf or NaN."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
+    cdef Py_ssize_t r, n, oh
+    if N * OH == 0 or OW == 0 or C == 0:
+        return
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0]
+    cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating* op = &out[0, 0, 0, 0]
+    with nogil:
+        for r in prange(N * OH, schedule="static", num_threads=n_threads):
+            n = r // OH
+            oh = r % OH
+            if floating is float:
+                fc_dw_nhwc_row_f32(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
+                                   kernel_h, kernel_w, OW, oh * stride_h - pad_top, stride_w,
+                                   dilation_h, dilation_w, pad_left, relu)
+            else:
+                fc_dw_nhwc_row_f64(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
+                                   kernel_h, kernel_w, OW, oh * stride_h - pad_top, stride_w,
+                                   dilation_h, dilation_w, pad_left, relu)
