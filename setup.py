@@ -234,11 +234,14 @@ directives = {
     "embedsignature": True,
 }
 
+C_HEADERS = ["_simd.h", "_blocked.h", "_pool.h"]
+
+
 def kernel_extension(name, source):
-    # The kernels' own C headers (_blocked.h) live beside the .pyx files; the generated ISA
-    # wrappers are compiled elsewhere, so the directory is given explicitly.
+    # The kernels' own C headers live beside the .pyx files; the generated ISA wrappers are
+    # compiled elsewhere, so the directory is given explicitly.
     return Extension(name, [source], include_dirs=[np.get_include(), KERNEL_DIR],
-                     depends=[os.path.join(KERNEL_DIR, "_blocked.h")],
+                     depends=[os.path.join(KERNEL_DIR, h) for h in C_HEADERS],
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")])
 
 

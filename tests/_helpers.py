@@ -125,3 +125,49 @@ class ConvCase:
         if self.activation is not None:
             kw["activation"] = self.activation
         return kw
+
+
+class GuardedBuffers:
+    """Arrays placed against an inaccessible page, so that a kernel reading or writing one
+    element past the end (or before the start) crashes instead of passing silently.
+
+    Linux and macOS only (``mmap`` + ``mprotect`` through ctypes); ``available`` says whether
+    this platform supports it. The mappings stay alive as long as this object.
+    """
+
+    def __init__(self):
+        import ctypes
+        import ctypes.util
+        import mmap
+        import sys
+
+        self._mmap, self._ctypes = mmap, ctypes
+        self._maps = []
+        self._libc = None
+        if sys.platform.startswith(("linux", "darwin")):
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            self._libc = libc
+
+    @property
+    def available(self) -> bool:
+        return self._libc is not None
+
+    def array(self, values: np.ndarray, at: str = "end") -> np.ndarray:
+        """A C-contiguous copy of ``values`` ending right before a guard page (``at="end"``)
+        or starting right after one (``at="start"``)."""
+        mmap, ctypes = self._mmap, self._ctypes
+        page = mmap.PAGESIZE
+        nbytes = values.nbytes
+        data_pages = -(-max(nbytes, 1) // page)
+        m = mmap.mmap(-1, (data_pages + 2) * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        for guard in (base, base + (data_pages + 1) * page):
+            if self._libc.mprotect(guard, page, 0) != 0:   # PROT_NONE
+                raise OSError(ctypes.get_errno(), "mprotect failed")
+        self._maps.append(m)
+        offset = page if at == "start" else (data_pages + 1) * page - nbytes
+        out = np.frombuffer(m, dtype=values.dtype, count=values.size, offset=offset)
+        out = out.reshape(values.shape)
+        out[...] = values
+        return out

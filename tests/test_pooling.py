@@ -15,6 +15,7 @@ from fastconv import reference
 from _helpers import (
     DTYPES,
     HAVE_TORCH,
+    GuardedBuffers,
     LAYOUTS,
     TORCH_REASON,
     assert_close,
@@ -787,3 +788,170 @@ def test_avg_pool_inf_and_nan_propagate():
     assert np.isnan(got[0, 0, 0, 1])          # NaN in the window
     assert_array_equal(fastconv.avg_pool2d(x[..., 2:3], 1)[0, 0, 0], [np.inf])
     assert_close(got, reference.avg_pool2d(x, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# the vector paths (value-only passes): rows as wide as several vectors, every channel tail
+#
+# Max without indices and average pooling run vector code for the columns whose windows lie
+# inside the input (NCHW, strides 1 and 2) and for every pixel's channels (NHWC). It must give
+# the same bits as the scalar search (max with return_indices) and as the other layout, for
+# row widths below, at and across every vector length (2 to 16 elements) and every tail.
+
+# (kernel_size, stride, padding)
+VECTOR_GEOMETRIES = [
+    pytest.param(2, 2, 0, id="k2-s2"),
+    pytest.param(3, 2, 1, id="k3-s2-p1"),
+    pytest.param(3, 2, 0, id="k3-s2"),
+    pytest.param(3, 1, 1, id="k3-s1-p1"),
+    pytest.param(2, 1, 0, id="k2-s1"),
+    pytest.param((2, 3), (1, 2), 1, id="k2x3-s1x2-p1"),
+    pytest.param(3, 2, ((1, 0), (0, 1)), id="asymmetric"),
+    pytest.param(2, 3, 0, id="s3-scalar-path"),
+]
+VECTOR_WIDTHS = [3, 5, 8, 9, 15, 16, 17, 18, 31, 33, 34, 35, 47, 66]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _explicit_pads(padding):
+    """((top, bottom), (left, right)) of an int, pair or pair-of-pairs padding."""
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    return tuple(_pair(p) for p in padding)
+
+
+def _tap_order_average(x, kernel_size, stride, padding, count_include_pad):
+    """Average pooling (NCHW, floor mode) summed in the kernels' order: a zero accumulator
+    plus each window cell in row-major order (padding cells add +0, which changes no value),
+    divided once. An independent oracle of the exact bits."""
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    (pt, pb), (pl, pr) = _explicit_pads(padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    valid = np.pad(np.ones(x.shape[2:], dtype=x.dtype), ((pt, pb), (pl, pr)))
+    oh = (xp.shape[2] - kh) // sh + 1
+    ow = (xp.shape[3] - kw) // sw + 1
+    acc = np.zeros(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    count = np.zeros((oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            acc = acc + xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+            count = count + valid[i:i + sh * oh:sh, j:j + sw * ow:sw]
+    return acc / (np.asarray(kh * kw, dtype=x.dtype) if count_include_pad else count)
+
+
+def _vector_cases():
+    for k, s, p in ((g.values[0], g.values[1], g.values[2]) for g in VECTOR_GEOMETRIES):
+        (kh, kw), ((pt, pb), (pl, pr)) = _pair(k), _explicit_pads(p)
+        for W in VECTOR_WIDTHS:
+            if W + pl + pr >= kw:
+                yield pytest.param(k, s, p, W, id=f"{_geometry_id(k, s, p)}-W{W}")
+
+
+def _geometry_id(k, s, p):
+    return next(g.id for g in VECTOR_GEOMETRIES if g.values == (k, s, p))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("kernel_size, stride, padding, W", list(_vector_cases()))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_vector_rows_max(dtype, kernel_size, stride, padding, W, ceil_mode, rng):
+    x = rng.standard_normal((2, 3, 4, W)).astype(dtype)
+    x[0, 0, 1, ::3] = np.nan                 # NaN lanes
+    x[1, 1] = np.where(x[1, 1] > 0, 0.0, -0.0)   # signed-zero ties: the first one must win
+    kw = dict(ceil_mode=ceil_mode)
+    want_v, want_i = reference.max_pool2d(x, kernel_size, stride, padding, return_indices=True,
+                                          **kw)
+    got = fastconv.max_pool2d(x, kernel_size, stride, padding, **kw)
+    scalar_v, scalar_i = fastconv.max_pool2d(x, kernel_size, stride, padding,
+                                             return_indices=True, **kw)
+    assert_array_equal(got, want_v)
+    assert_array_equal(scalar_i, want_i)
+    _assert_bit_identical(got, scalar_v)
+    got_nhwc = fastconv.max_pool2d(to_nhwc(x), kernel_size, stride, padding, layout="NHWC", **kw)
+    _assert_bit_identical(got_nhwc, to_nhwc(got))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("kernel_size, stride, padding, W", list(_vector_cases()))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_vector_rows_avg(dtype, kernel_size, stride, padding, W, ceil_mode, rng):
+    x = rng.standard_normal((2, 3, 4, W)).astype(dtype)
+    k = _pair(kernel_size)
+    for count_include_pad in (True, False):
+        for divisor_override in (None, 5):
+            kw = dict(ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                      divisor_override=divisor_override)
+            got = fastconv.avg_pool2d(x, kernel_size, stride, padding, **kw)
+            want = reference.avg_pool2d(x, kernel_size, stride, padding, **kw)
+            assert_close(got, want, dtype=dtype, reduction_length=k[0] * k[1], err_msg=str(kw))
+            got_nhwc = fastconv.avg_pool2d(to_nhwc(x), kernel_size, stride, padding,
+                                           layout="NHWC", **kw)
+            _assert_bit_identical(got_nhwc, to_nhwc(got))
+            if not ceil_mode and divisor_override is None:
+                exact = _tap_order_average(x, kernel_size, stride, padding, count_include_pad)
+                _assert_bit_identical(got, exact)
+
+
+def test_tap_order_oracle_against_hand_computed():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)[None, None]
+    assert_array_equal(_tap_order_average(x, 2, 1, 0, True)[0, 0], [[3.0, 4.0]])
+    # padding 1: the corner window holds one real cell (1.0) and three padding cells.
+    assert_array_equal(_tap_order_average(x, 2, 2, 1, True)[0, 0], [[0.25, 1.25], [1.0, 2.75]])
+    assert_array_equal(_tap_order_average(x, 2, 2, 1, False)[0, 0], [[1.0, 2.5], [4.0, 5.5]])
+
+
+NHWC_CHANNELS = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 83]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("C", NHWC_CHANNELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_vector_nhwc_channel_tails(op, C, dtype, rng):
+    x = rng.standard_normal((2, C, 5, 6)).astype(dtype)
+    x[0, :, 2, 3] = np.nan
+    got = FAST[op](to_nhwc(x), 3, 2, 1, layout="NHWC", ceil_mode=True)
+    want = REF[op](x, 3, 2, 1, ceil_mode=True)
+    assert_close(got, to_nhwc(want), dtype=dtype, reduction_length=9)
+    if op == "max":
+        assert_array_equal(got, to_nhwc(want))
+        scalar_v, _ = fastconv.max_pool2d(to_nhwc(x), 3, 2, 1, layout="NHWC", ceil_mode=True,
+                                          return_indices=True)
+        _assert_bit_identical(got, scalar_v)
+    _assert_bit_identical(got, to_nhwc(FAST[op](x, 3, 2, 1, ceil_mode=True)))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vector_paths_num_threads_bit_identical(op, layout, rng):
+    x = _in_layout(rng.standard_normal((8, 64, 64, 64)).astype(np.float32), layout)
+    one = FAST[op](x, 3, 2, 1, layout=layout, num_threads=1)
+    for _ in range(REPEATS):
+        _assert_bit_identical(one, FAST[op](x, 3, 2, 1, layout=layout, num_threads=2))
+
+
+GUARDS = GuardedBuffers()
+
+
+@pytest.mark.skipif(not GUARDS.available, reason="guard pages need mmap + mprotect (POSIX)")
+@pytest.mark.parametrize("at", ["end", "start"])
+@pytest.mark.parametrize("kernel_size, stride, padding, W", [
+    (2, 2, 0, 34), (3, 2, 1, 33), (3, 2, 0, 35), (3, 1, 1, 17), (2, 1, 0, 66), (3, 2, 1, 4),
+])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", OPS)
+def test_no_access_outside_input_and_output(op, layout, dtype, kernel_size, stride, padding,
+                                            W, at, rng):
+    # The stride-2 taps load two vectors per tap; the last block of a row overlaps the one
+    # before it. Input and output sit against an inaccessible page: one element too far
+    # crashes the process (so this test fails loudly) instead of reading a neighbour.
+    x = _in_layout(rng.standard_normal((2, 3, 5, W)).astype(dtype), layout)
+    want = FAST[op](x, kernel_size, stride, padding, layout=layout)
+    guarded_x = GUARDS.array(x, at=at)
+    guarded_out = GUARDS.array(np.full_like(want, np.nan), at=at)
+    got = FAST[op](guarded_x, kernel_size, stride, padding, layout=layout, out=guarded_out)
+    assert got is guarded_out
+    _assert_bit_identical(np.array(got), want)

@@ -21,47 +21,30 @@
 #ifndef FASTCONV_BLOCKED_H
 #define FASTCONV_BLOCKED_H
 
-#include <stddef.h>
 #include <string.h>
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
+
+#include "_simd.h"
 
 /* One output channel per group (depthwise, single filters): 4 vectors of pixels. */
 #define FC_PLANE_VECS 4
 #if defined(__AVX512F__)
-#define FC_VBYTES 64
 #define FC_PIX_ROWS 8
 #define FC_PIX_VECS 3
 #define FC_CH_ROWS 12
 #define FC_CH_VECS 2
 #elif defined(__AVX__)
-#define FC_VBYTES 32
 #define FC_PIX_ROWS 4
 #define FC_PIX_VECS 3
 #define FC_CH_ROWS 6
 #define FC_CH_VECS 2
 #else
-#define FC_VBYTES 16
 #define FC_PIX_ROWS 4
 #define FC_PIX_VECS 3
 #define FC_CH_ROWS 6
 #define FC_CH_VECS 2
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define FC_VECTOR_EXT 1
-#define FC_UNROLL _Pragma("GCC unroll 32")
-#define FC_ALIGNED __attribute__((aligned(64)))
-#else
-#define FC_VECTOR_EXT 0
-#define FC_UNROLL
-#define FC_ALIGNED
 #endif
 
 /* Block sizes in elements, for the Python side (weights are packed to these). */
-static inline ptrdiff_t fc_vec_len_f32(void) { return FC_VBYTES / 4; }
-static inline ptrdiff_t fc_vec_len_f64(void) { return FC_VBYTES / 8; }
 static inline ptrdiff_t fc_pix_rows(void) { return FC_PIX_ROWS; }
 static inline ptrdiff_t fc_pix_vecs(void) { return FC_PIX_VECS; }
 static inline ptrdiff_t fc_ch_rows(void) { return FC_CH_ROWS; }
@@ -86,27 +69,6 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
     }
 
 #if FC_VECTOR_EXT
-/* vec: aligned register type; uvec: the same with 4/8-byte alignment, for unaligned loads. */
-#define FC_DEFINE_TYPES(T, SUF)                                                                \
-    typedef T fc_vec_##SUF __attribute__((vector_size(FC_VBYTES)));                            \
-    typedef T fc_uvec_##SUF __attribute__((vector_size(FC_VBYTES), aligned(sizeof(T))));
-#define FC_VLEN(T) ((ptrdiff_t)(FC_VBYTES / sizeof(T)))
-#define FC_ZERO(SUF) ((fc_vec_##SUF){0})
-#define FC_LOAD(SUF, p) (*(const fc_uvec_##SUF *)(p))
-#define FC_STORE(SUF, p, v) (*(fc_uvec_##SUF *)(p) = (v))
-/* Broadcast with the intrinsic of the level being compiled: "{0} + s" would cost an extra add
- * and an element-by-element fill compiles to shuffles. */
-#if defined(__AVX512F__)
-#define FC_SPLAT(SUF, s) FC_SPLAT_##SUF(_mm512, s)
-#elif defined(__AVX__)
-#define FC_SPLAT(SUF, s) FC_SPLAT_##SUF(_mm256, s)
-#elif defined(__SSE2__)
-#define FC_SPLAT(SUF, s) FC_SPLAT_##SUF(_mm, s)
-#else
-#define FC_SPLAT(SUF, s) ((fc_vec_##SUF){0} + (s))
-#endif
-#define FC_SPLAT_f32(P, s) ((fc_vec_f32)P##_set1_ps(s))
-#define FC_SPLAT_f64(P, s) ((fc_vec_f64)P##_set1_pd(s))
 
 /* pix micro-kernels: tile[r][j] = sum_k w[k * ROWS + r] * x[off[k] + j], r < ROWS,
  * j < VECS * VLEN; NAME_f32 and NAME_f64. */
@@ -164,8 +126,6 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
                 FC_STORE(SUF, tile + (r * FC_CH_VECS + j) * FC_VLEN(T), acc[r][j]);            \
     }
 #else
-#define FC_DEFINE_TYPES(T, SUF)
-#define FC_VLEN(T) ((ptrdiff_t)(FC_VBYTES / sizeof(T)))
 #define FC_DEFINE_PIX_KERNEL(T, SUF, NAME, ROWS, VECS)                                         \
     static void NAME##_##SUF(const T *x, const ptrdiff_t *off, const T *w, ptrdiff_t K,        \
                              T *tile) {                                                        \
@@ -265,8 +225,6 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
         }                                                                                      \
     }
 
-FC_DEFINE_TYPES(float, f32)
-FC_DEFINE_TYPES(double, f64)
 FC_DEFINE_EPILOGUE(float, f32)
 FC_DEFINE_EPILOGUE(double, f64)
 FC_DEFINE_PIX_KERNEL(float, f32, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
@@ -288,8 +246,7 @@ FC_DEFINE_DRIVERS(double, f64)
  * sum over (kh, kw) of x[ih0 + kh*dh, ow*sw - pl + kw*dw, c] * w[kh, kw, c], then ReLU. */
 #define FC_DW_VECS 4
 #if FC_VECTOR_EXT
-#define FC_DEFINE_DW_NHWC(T, SUF, ITYPE)                                                    \
-    typedef ITYPE fc_ivec_##SUF __attribute__((vector_size(FC_VBYTES)));                    \
+#define FC_DEFINE_DW_NHWC(T, SUF)                                                    \
     static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
                                      ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
                                      ptrdiff_t KW, ptrdiff_t OW, ptrdiff_t ih0,             \
@@ -329,7 +286,7 @@ FC_DEFINE_DRIVERS(double, f64)
         }                                                                                   \
     }
 #else
-#define FC_DEFINE_DW_NHWC(T, SUF, ITYPE)                                                    \
+#define FC_DEFINE_DW_NHWC(T, SUF)                                                    \
     static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
                                      ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
                                      ptrdiff_t KW, ptrdiff_t OW, ptrdiff_t ih0,             \
@@ -367,7 +324,7 @@ FC_DEFINE_DRIVERS(double, f64)
 
 FC_DEFINE_DW_NHWC_TAIL(float, f32)
 FC_DEFINE_DW_NHWC_TAIL(double, f64)
-FC_DEFINE_DW_NHWC(float, f32, int)
-FC_DEFINE_DW_NHWC(double, f64, long long)
+FC_DEFINE_DW_NHWC(float, f32)
+FC_DEFINE_DW_NHWC(double, f64)
 
 #endif

@@ -8,6 +8,11 @@ window) wins.
 
 Each prange iteration hands one output row to a ``nogil`` row function, so every window bound is
 a local of that function and private to its thread.
+
+The value-only passes (max without indices, average) hand the bulk of each row to the vector
+code of ``_pool.h``, which computes every output in the same order as the loops here (so the
+results are bit-identical): NCHW rows for strides 1 and 2, the columns whose windows lie inside
+the input (the few border columns stay here); NHWC every pixel, channels in registers.
 """
 
 from cython cimport floating
@@ -17,6 +22,22 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from fastconv._kernels._ranges cimport valid_range
+
+
+cdef extern from "_pool.h" nogil:
+    int fc_pool_vector()
+    void fc_pool_cols_f32(const float* plane, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
+                          Py_ssize_t KW, Py_ssize_t s, Py_ssize_t pl, Py_ssize_t j0,
+                          Py_ssize_t j1, int avg, float div, float* out)
+    void fc_pool_cols_f64(const double* plane, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
+                          Py_ssize_t KW, Py_ssize_t s, Py_ssize_t pl, Py_ssize_t j0,
+                          Py_ssize_t j1, int avg, double div, double* out)
+    void fc_pool_pixel_nhwc_f32(const float* image, Py_ssize_t W, Py_ssize_t C, Py_ssize_t h0,
+                                Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1, int avg,
+                                float div, float* out)
+    void fc_pool_pixel_nhwc_f64(const double* image, Py_ssize_t W, Py_ssize_t C,
+                                Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1,
+                                int avg, double div, double* out)
 
 
 cdef enum:
@@ -143,6 +164,19 @@ cdef inline void _max_row_nchw(const floating* plane, floating* o, int64_t* idx,
         ow0 += n
 
 
+cdef inline void _max_cols_nchw(const floating* plane, floating* o, Py_ssize_t oh,
+                                Py_ssize_t ow0, Py_ssize_t ow1, const Geometry* g) noexcept nogil:
+    """Maxima of output columns [ow0, ow1) of row oh of one plane, by the scalar search."""
+    cdef floating m[ROW_CHUNK]
+    cdef Py_ssize_t n, i
+    while ow0 < ow1:
+        n = ow1 - ow0 if ow1 - ow0 < ROW_CHUNK else ROW_CHUNK
+        _max_chunk(plane, oh, ow0, n, m, NULL, False, g)
+        for i in range(n):
+            o[ow0 + i] = m[i]
+        ow0 += n
+
+
 cdef inline void _max_pixel(const floating* image, Window wh, Window ww, Py_ssize_t W,
                             Py_ssize_t C, Py_ssize_t n, floating* m, int64_t* best) noexcept nogil:
     """Maxima of one NHWC window for n <= CHANNEL_BLOCK consecutive channels:
@@ -199,13 +233,14 @@ cdef inline Py_ssize_t _divisor(const Geometry* g, Window wh, Window ww) noexcep
     return (wh.end - wh.start) * (ww.end - ww.start)
 
 
-cdef inline void _avg_row_nchw(const floating* plane, floating* o, Py_ssize_t oh,
-                               const Geometry* g) noexcept nogil:
+cdef inline void _avg_cols_nchw(const floating* plane, floating* o, Py_ssize_t oh,
+                                Py_ssize_t ow0, Py_ssize_t ow1, const Geometry* g) noexcept nogil:
+    """Averages of output columns [ow0, ow1) of row oh of one plane."""
     cdef Window wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, g.pad_bottom)
     cdef Window ww
     cdef Py_ssize_t ow, h, w
     cdef floating acc
-    for ow in range(g.OW):
+    for ow in range(ow0, ow1):
         ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, g.pad_right)
         acc = 0
         for h in range(wh.start, wh.end):
@@ -235,6 +270,60 @@ cdef inline void _avg_row_nhwc(const floating* image, floating* o, Py_ssize_t oh
         div = <floating>_divisor(g, wh, ww)
         for c in range(C):
             out_pix[c] = out_pix[c] / div
+
+
+cdef inline void _interior_cols(const Geometry* g, Py_ssize_t* j0, Py_ssize_t* j1) noexcept nogil:
+    """The output columns [j0, j1) whose windows lie wholly inside the input's columns."""
+    cdef Py_ssize_t last = g.W - g.KW + g.pad_left   # the last window start + pad_left
+    j0[0] = (g.pad_left + g.stride_w - 1) // g.stride_w
+    j1[0] = last // g.stride_w + 1 if last >= 0 else 0
+    if j1[0] > g.OW:
+        j1[0] = g.OW
+    if j0[0] > j1[0]:
+        j0[0] = j1[0]
+
+
+cdef inline void _pool_row_nchw_vector(const floating* plane, floating* o, Py_ssize_t oh,
+                                       Py_ssize_t j0, Py_ssize_t j1, bint avg,
+                                       const Geometry* g) noexcept nogil:
+    """Output row oh of one plane, value only, stride_w 1 or 2: the interior columns
+    [j0, j1) by the vector code, the border columns by the scalar search."""
+    cdef Window wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, g.pad_bottom if avg else 0)
+    cdef Window ww
+    cdef floating div = 1
+    if avg:
+        _avg_cols_nchw(plane, o, oh, 0, j0, g)
+        _avg_cols_nchw(plane, o, oh, j1, g.OW, g)
+        ww.start, ww.end, ww.padded_len = 0, g.KW, g.KW   # any interior window
+        div = <floating>_divisor(g, wh, ww)
+    else:
+        _max_cols_nchw(plane, o, oh, 0, j0, g)
+        _max_cols_nchw(plane, o, oh, j1, g.OW, g)
+    if floating is float:
+        fc_pool_cols_f32(plane, g.W, wh.start, wh.end, g.KW, g.stride_w, g.pad_left, j0, j1,
+                         avg, div, o)
+    else:
+        fc_pool_cols_f64(plane, g.W, wh.start, wh.end, g.KW, g.stride_w, g.pad_left, j0, j1,
+                         avg, div, o)
+
+
+cdef inline void _pool_row_nhwc_vector(const floating* image, floating* o, Py_ssize_t oh,
+                                       bint avg, const Geometry* g) noexcept nogil:
+    """Output row oh of one image, (OW, C), value only, by the vector code."""
+    cdef Window wh = _window(oh, g.stride_h, g.pad_top, g.KH, g.H, g.pad_bottom if avg else 0)
+    cdef Window ww
+    cdef Py_ssize_t ow
+    cdef floating div = 1
+    for ow in range(g.OW):
+        ww = _window(ow, g.stride_w, g.pad_left, g.KW, g.W, g.pad_right if avg else 0)
+        if avg:
+            div = <floating>_divisor(g, wh, ww)
+        if floating is float:
+            fc_pool_pixel_nhwc_f32(image, g.W, g.C, wh.start, wh.end, ww.start, ww.end, avg,
+                                   div, o + ow * g.C)
+        else:
+            fc_pool_pixel_nhwc_f64(image, g.W, g.C, wh.start, wh.end, ww.start, ww.end, avg,
+                                   div, o + ow * g.C)
 
 
 cdef Geometry _geometry(Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW,
@@ -267,10 +356,17 @@ def max_pool_nchw(
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* op = &out[0, 0, 0, 0]
     cdef int64_t* ip = &indices[0, 0, 0, 0] if indices.shape[0] > 0 else NULL
+    cdef Py_ssize_t j0, j1
+    _interior_cols(&g, &j0, &j1)
+    cdef bint vector = ip == NULL and fc_pool_vector() and stride_w <= 2
     with nogil:
         for r in prange(N * C * OH, schedule="static", num_threads=n_threads):
-            _max_row_nchw(xp + (r // OH) * H * W, op + r * OW,
-                          ip + r * OW if ip != NULL else NULL, r % OH, &g)
+            if vector:
+                _pool_row_nchw_vector(xp + (r // OH) * H * W, op + r * OW, r % OH, j0, j1,
+                                      False, &g)
+            else:
+                _max_row_nchw(xp + (r // OH) * H * W, op + r * OW,
+                              ip + r * OW if ip != NULL else NULL, r % OH, &g)
 
 
 def max_pool_nhwc(
@@ -290,10 +386,15 @@ def max_pool_nhwc(
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* op = &out[0, 0, 0, 0]
     cdef int64_t* ip = &indices[0, 0, 0, 0] if indices.shape[0] > 0 else NULL
+    cdef bint vector = ip == NULL and fc_pool_vector()
     with nogil:
         for r in prange(N * OH, schedule="static", num_threads=n_threads):
-            _max_row_nhwc(xp + (r // OH) * H * W * C, op + r * OW * C,
-                          ip + r * OW * C if ip != NULL else NULL, r % OH, &g)
+            if vector:
+                _pool_row_nhwc_vector(xp + (r // OH) * H * W * C, op + r * OW * C, r % OH,
+                                      False, &g)
+            else:
+                _max_row_nhwc(xp + (r // OH) * H * W * C, op + r * OW * C,
+                              ip + r * OW * C if ip != NULL else NULL, r % OH, &g)
 
 
 def avg_pool_nchw(
@@ -312,9 +413,16 @@ def avg_pool_nchw(
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* op = &out[0, 0, 0, 0]
+    cdef Py_ssize_t j0, j1
+    _interior_cols(&g, &j0, &j1)
+    cdef bint vector = fc_pool_vector() and stride_w <= 2
     with nogil:
         for r in prange(N * C * OH, schedule="static", num_threads=n_threads):
-            _avg_row_nchw(xp + (r // OH) * H * W, op + r * OW, r % OH, &g)
+            if vector:
+                _pool_row_nchw_vector(xp + (r // OH) * H * W, op + r * OW, r % OH, j0, j1,
+                                      True, &g)
+            else:
+                _avg_cols_nchw(xp + (r // OH) * H * W, op + r * OW, r % OH, 0, OW, &g)
 
 
 def avg_pool_nhwc(
@@ -333,9 +441,14 @@ def avg_pool_nhwc(
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef floating* op = &out[0, 0, 0, 0]
+    cdef bint vector = fc_pool_vector()
     with nogil:
         for r in prange(N * OH, schedule="static", num_threads=n_threads):
-            _avg_row_nhwc(xp + (r // OH) * H * W * C, op + r * OW * C, r % OH, &g)
+            if vector:
+                _pool_row_nhwc_vector(xp + (r // OH) * H * W * C, op + r * OW * C, r % OH,
+                                      True, &g)
+            else:
+                _avg_row_nhwc(xp + (r // OH) * H * W * C, op + r * OW * C, r % OH, &g)
 
 
 # --------------------------------------------------------------------------------------------
