@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import threading
 from typing import Iterable, Literal, Optional, Tuple
 
@@ -233,10 +235,12 @@ def _prepared_grid(g: _validate.Geometry) -> Tuple[int, int]:
             -(-(g.w + g.pad_left + g.pad_right) // g.stride_w))
 
 
+@functools.lru_cache(maxsize=256)
 def _tap_offsets(g: _validate.Geometry, cig: int, image_channels: int, nhwc: bool):
     """(K,) offsets, relative to its output pixel, at which each (tap, channel) of a group of
     ``cig`` channels reads a prepared image of ``image_channels`` channels; K in the weight's
-    order: (kh, kw, ci) for HWIO, (ci, kh, kw) for OIHW."""
+    order: (kh, kw, ci) for HWIO, (ci, kh, kw) for OIHW. Cached (building the table costs
+    more than a small convolution), so the array is read-only."""
     sh, sw = g.stride_h, g.stride_w
     hs, ws = _prepared_grid(g)
     taps_h = np.arange(g.kernel_h) * g.dilation_h
@@ -252,30 +256,41 @@ def _tap_offsets(g: _validate.Geometry, cig: int, image_channels: int, nhwc: boo
     else:
         # (phase, C, Hs, Ws) images.
         off = (phase[None] * image_channels + channels[:, None, None]) * hs * ws + shift[None]
-    return off.reshape(-1)
+    return _read_only(off.reshape(-1).astype(np.intp))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _blocked_plan(args: _validate.ConvArgs):
     """Offsets, block counts and scratch sizes of the blocked kernel for these arguments.
 
     Returns ``(off, n_cb, block, n_qblocks, Hs, Ws, prepared, buf_len)``: ``off``
-    (groups, K) gives where each tap of each group reads the prepared image, relative to the
-    pixel; an image preparation writes ``prepared`` elements of a ``buf_len`` scratch row.
+    (groups, K, read-only) gives where each tap of each group reads the prepared image,
+    relative to the pixel; an image preparation writes ``prepared`` elements of a ``buf_len``
+    scratch row.
     """
-    g = args.geometry
-    nhwc = args.layout == "NHWC"
-    groups = args.groups
-    cig, cog = g.c // groups, args.c_out // groups
+    return _blocked_plan_for(args.geometry, args.groups, args.c_out, args.layout,
+                             args.dtype.itemsize)
+
+
+@functools.lru_cache(maxsize=256)
+def _blocked_plan_for(g: _validate.Geometry, groups: int, c_out: int, layout: str,
+                      itemsize: int):
+    nhwc = layout == "NHWC"
+    cig, cog = g.c // groups, c_out // groups
     hs, ws = _prepared_grid(g)
-    sizes = _blocked.block_sizes(args.dtype.itemsize)
+    sizes = _blocked.block_sizes(itemsize)
     if nhwc:
         group_base = np.arange(groups) * cig
         block, q_block = sizes["ch_cols"], sizes["ch_pixels"]
     else:
         group_base = np.arange(groups) * cig * hs * ws
         block, q_block = sizes["pix_rows"], sizes["pix_pixels"]
-    off = np.ascontiguousarray(_tap_offsets(g, cig, g.c, nhwc) + group_base[:, None],
-                               dtype=np.intp)
+    off = _read_only(np.ascontiguousarray(_tap_offsets(g, cig, g.c, nhwc)
+                                          + group_base[:, None], dtype=np.intp))
     prepared = g.stride_h * g.stride_w * g.c * hs * ws
     if nhwc:
         # Blocks of output pixels; each pixel reads only its own window.
@@ -324,10 +339,13 @@ def _scratch_array(slot: str, shape, dtype) -> np.ndarray:
     SCRATCH_CACHE_BYTES are not kept.
     """
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > SCRATCH_CACHE_BYTES:
         return np.empty(shape, dtype=dtype)
-    buffers = _scratch.__dict__.setdefault("buffers", {})
+    try:
+        buffers = _scratch.buffers
+    except AttributeError:
+        buffers = _scratch.buffers = {}
     buf = buffers.get(slot)
     if buf is None or buf.nbytes < nbytes:
         buf = buffers[slot] = np.empty(max(nbytes, 64), dtype=np.uint8)
@@ -379,6 +397,20 @@ def _uses_planes(args: _validate.ConvArgs) -> bool:
     return args.c_out == args.groups and (args.layout == "NCHW" or args.geometry.c == 1)
 
 
+@functools.lru_cache(maxsize=256)
+def _planes_plan(g: _validate.Geometry, groups: int, itemsize: int):
+    """``(off, Hs, Ws, n_qblocks, prepared, buf_len)`` of the one-output-channel kernel: the
+    tap offsets into one group's prepared plane (read-only), its pixel blocks, and the
+    scratch row it needs (see _blocked_plan)."""
+    cig = g.c // groups
+    hs, ws = _prepared_grid(g)
+    off = _tap_offsets(g, cig, cig, False)
+    q_block = _blocked.block_sizes(itemsize)["plane_pixels"]
+    n_qblocks = -(-(g.out_h * ws) // q_block)
+    prepared = g.stride_h * g.stride_w * cig * hs * ws
+    return off, hs, ws, n_qblocks, prepared, _slack_len(prepared, n_qblocks * q_block, off)
+
+
 def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
     """Depthwise and single-filter convolution: one (image, group) per work item, its input
     channels prepared (padded, stride-split) into a per-thread scratch plane, then one
@@ -389,16 +421,11 @@ def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     if args.layout == "NHWC":   # one channel: the same memory as NCHW
         x = x.reshape(g.n, 1, g.h, g.w)
         out4 = out4.reshape(g.n, 1, g.out_h, g.out_w)
-    cig = g.c // args.groups
-    hs, ws = _prepared_grid(g)
-    off = np.ascontiguousarray(_tap_offsets(g, cig, cig, False), dtype=np.intp)
-    q_block = _blocked.block_sizes(args.dtype.itemsize)["plane_pixels"]
-    n_qblocks = -(-(g.out_h * ws) // q_block)
-    prepared = g.stride_h * g.stride_w * cig * hs * ws
+    off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, args.groups,
+                                                            args.dtype.itemsize)
     threads = _threads.for_work(n_threads, _macs(args) // BLOCKED_MACS_PER_THREAD,
                                 g.n * args.groups, min_per_thread=1)
-    xs_buf = _scratch_array("image", (threads, _slack_len(prepared, n_qblocks * q_block, off)),
-                            args.dtype)
+    xs_buf = _scratch_array("image", (threads, buf_len), args.dtype)
     xs_buf[:, prepared:] = 0
     _blocked.conv2d_planes(x, w.reshape(args.c_out, -1), off, bias, out4, xs_buf, g.stride_h,
                            g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,

@@ -284,3 +284,31 @@ def test_auto_choice_for_large_calls(layout):
                             np.zeros((16, 6, 5, 5) if layout == "NCHW" else (5, 5, 6, 16),
                                      np.float32),
                             None, 1, "same", 1, 1, layout, None, "test"))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("c_out, groups", [(8, 1), (4, 4)], ids=["blocked", "planes"])
+def test_cached_plans_are_read_only_and_reused_correctly(layout, c_out, groups):
+    # The offset tables are cached per geometry (they cost more than a small convolution);
+    # a cache hit with other data, dtype or bias must still give the reference's answer, and
+    # nothing may write into the cached tables.
+    from fastconv import conv as conv_module
+
+    rng = np.random.default_rng(7)
+    for dtype in DTYPES:
+        for _ in range(2):
+            x = rng.standard_normal((2, 4, 9, 11)).astype(dtype)
+            w = rng.standard_normal((c_out, 4 // groups, 3, 3)).astype(dtype)
+            b = rng.standard_normal(c_out).astype(dtype)
+            xl, wl = (x, w) if layout == "NCHW" else (to_nhwc(x), oihw_to_hwio(w))
+            got = fastconv.conv2d(xl, wl, b, 2, 1, 1, groups, layout=layout, algorithm="direct")
+            want = reference.conv2d(xl, wl, b, 2, 1, 1, groups, layout=layout)
+            assert_close(got, want, dtype=dtype, reduction_length=9 * 4 // groups)
+    cached = [conv_module._tap_offsets, conv_module._blocked_plan_for,
+              conv_module._planes_plan]
+    assert sum(f.cache_info().hits for f in cached) > 0
+    g = _validate.conv_args(x, w, b, 2, 1, 1, groups, "NCHW", None).geometry
+    table = conv_module._tap_offsets(g, 4 // groups, 4, False)
+    assert not table.flags.writeable
+    with pytest.raises(ValueError):
+        table[0] = 1
