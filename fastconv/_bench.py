@@ -69,7 +69,8 @@ JSON_SCHEMA = "fastconv-bench/1"
 
 # Sections, in the order they run and print. --ops accepts these, plus "backward" for the last
 # three together.
-SECTIONS = ("conv", "fused", "pool", "relu", "conv_backward", "pool_backward", "relu_backward")
+SECTIONS = ("conv", "fused", "pool", "relu", "overhead", "conv_backward", "pool_backward",
+            "relu_backward")
 OP_ALIASES = {"backward": ("conv_backward", "pool_backward", "relu_backward"),
               "all": SECTIONS}
 SECTION_TITLES = {
@@ -77,6 +78,8 @@ SECTION_TITLES = {
     "fused": "conv2d + ReLU: alone, fused (activation='relu'), unfused (conv then relu in place)",
     "pool": "pooling forward",
     "relu": "ReLU forward",
+    "overhead": ("per-call overhead: calls with one output value (argument checks, allocation, "
+                 "dispatch, thread start)"),
     "conv_backward": "conv2d_backward: grad input + weight + bias (FLOPs: 2x forward)",
     "pool_backward": "pooling backward (max: with forward indices)",
     "relu_backward": "relu_backward",
@@ -86,6 +89,10 @@ LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float64")
 DEFAULT_BATCHES = (1, 32)
 RELU_MODES = ("new", "out")
+# The overhead section's calls: (row name, fastconv function, layout).
+OVERHEAD_CALLS = (("conv2d", "conv2d", "NCHW"), ("conv2d", "conv2d", "NHWC"),
+                  ("max_pool2d 3x3", "max_pool2d", "NCHW"),
+                  ("avg_pool2d 3x3", "avg_pool2d", "NCHW"), ("relu", "relu", "any"))
 
 # --quick: a few seconds in all (the tests run it).
 QUICK_LAYERS = ("lenet_conv2", "resnet_3x3", "dw_3x3")
@@ -1014,6 +1021,54 @@ def relu_case(mode: str, dtype: str, batch: int, plan: Plan, torch_info: TorchIn
     return CaseSpec(section, name, desc, "any", dtype, batch, None, nbytes, build)
 
 
+def overhead_case(name: str, func: str, layout: str, dtype: str,
+                  torch_info: TorchInfo) -> CaseSpec:
+    """One call whose arithmetic is negligible: a 3x3 single-channel image reduced to one
+    value by a 3x3 window (ReLU: its 9 values). Its time is the per-call cost of argument
+    checks, output allocation, dispatch and thread start."""
+    from . import reference
+
+    nhwc = layout == "NHWC"
+    shape = (1, 3, 3, 1) if nhwc else (1, 1, 3, 3)
+
+    def build(n: int) -> Calls:
+        import fastconv
+
+        x = np.arange(-4, 5, dtype=dtype).reshape(shape)
+        if func == "conv2d":
+            w = np.linspace(-1, 1, 9, dtype=dtype).reshape((3, 3, 1, 1) if nhwc else (1, 1, 3, 3))
+            fast_conv = fastconv.conv2d
+            impl = Impl("fastconv", lambda: fast_conv(x, w, layout=layout))
+            ref_fn = lambda: reference.conv2d(x, w, layout=layout)  # noqa: E731
+
+            def torch_call(torch):
+                xt, wt = _nchw_tensor(torch, x, layout), _torch_weight(torch, w, layout)
+                conv = torch.nn.functional.conv2d
+                return lambda: _to_layout(conv(xt, wt), layout)
+        elif func == "relu":
+            fast_relu = fastconv.relu
+            impl = Impl("fastconv", lambda: fast_relu(x))
+            ref_fn = lambda: reference.relu(x)  # noqa: E731
+
+            def torch_call(torch):
+                xt = torch.from_numpy(x)
+                return lambda: torch.relu(xt).numpy()
+        else:
+            fast_pool, ref_pool = getattr(fastconv, func), getattr(reference, func)
+            impl = Impl("fastconv", lambda: fast_pool(x, 3, layout=layout))
+            ref_fn = lambda: ref_pool(x, 3, layout=layout)  # noqa: E731
+
+            def torch_call(torch):
+                xt = _nchw_tensor(torch, x, layout)
+                pool = getattr(torch.nn.functional, func)
+                return lambda: _to_layout(pool(xt, 3), layout)
+        return Calls({"ref": ref_fn}, [impl, _torch_impl(torch_info, torch_call)],
+                     {"ref": (9,)})
+
+    desc = "(1, 3, 3) -> 1" if func != "relu" else "(1, 3, 3)"
+    return CaseSpec("overhead", name, desc, layout, dtype, 1, None, None, build)
+
+
 def build_cases(plan: Plan, torch_info: TorchInfo) -> List[CaseSpec]:
     """Every case of the plan, in the order they run and print."""
     specs: List[CaseSpec] = []
@@ -1036,6 +1091,12 @@ def build_cases(plan: Plan, torch_info: TorchInfo) -> List[CaseSpec]:
             elif section == "relu":
                 for mode in RELU_MODES:
                     specs.append(relu_case(mode, dtype, batch, plan, torch_info))
+            elif section == "overhead":
+                if batch == plan.batches[0]:   # one image whatever --batch says
+                    for name, func, layout in OVERHEAD_CALLS:
+                        if layout in plan.layouts or layout == "any":
+                            specs.append(overhead_case(name, func, layout, dtype,
+                                                       torch_info))
             else:
                 specs.append(relu_case("backward", dtype, batch, plan, torch_info))
     return specs

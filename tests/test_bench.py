@@ -284,7 +284,11 @@ def test_quick_run_checks_every_result_and_writes_the_json(tmp_path, capsys):
         if row["impl"].startswith("fastconv"):
             assert row["status"] == "ok" and row["verified"], row
             assert row["max_err"] <= row["tol"] and len(row["times_s"]) >= 3
-            assert (row["gflops"] or row["gbps"]) > 0
+            if row["section"] == "overhead":   # a time only: there is no work to rate
+                assert row["gflops"] is None and row["gbps"] is None
+                assert min(row["times_s"]) > 0
+            else:
+                assert (row["gflops"] or row["gbps"]) > 0
         elif row["impl"] == "reference":
             assert row["status"] == "ok" and 1 <= len(row["times_s"]) <= _bench.REF_MAX_CALLS
         else:
@@ -292,7 +296,10 @@ def test_quick_run_checks_every_result_and_writes_the_json(tmp_path, capsys):
     conv_rows = [r for r in rows if r["section"] == "conv" and r["impl"] == "fastconv-auto"]
     assert {r["name"] for r in conv_rows} == set(_bench.QUICK_LAYERS)
     assert {r["layout"] for r in conv_rows} == {"NCHW", "NHWC"}
-    for title in ("conv2d forward", "pooling forward", "relu_backward", "machine ceilings",
+    overhead = {(r["name"], r["layout"]) for r in rows if r["section"] == "overhead"}
+    assert overhead == {(name, layout) for name, _, layout in _bench.OVERHEAD_CALLS}
+    for title in ("conv2d forward", "pooling forward", "relu_backward", "per-call overhead",
+                  "machine ceilings",
                   "copy bandwidth", "sgemm", "wall time"):
         assert title in out
     assert "FAIL" not in out
