@@ -364,7 +364,12 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     g = args.geometry
     if g.n == 0 or g.out_pixels == 0:
         return
-    if args.layout == "NHWC" and _is_pointwise(g):
+    out_nhwc = _pix_for_nhwc(args)
+    if out_nhwc:
+        x = x.reshape(g.n, 1, g.h, g.w)
+        w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        args = dataclasses.replace(args, x=x, weight=w, layout="NCHW")
+    elif args.layout == "NHWC" and _is_pointwise(g):
         _conv_pointwise_nhwc(x, w, bias, out4, args, n_threads)
         return
     off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len = _blocked_plan(args)
@@ -380,7 +385,7 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, args.layout == "NHWC",
                             g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
                             _pixel_chunk(n_qblocks, threads, args.groups), False,
-                            args.activation == "relu", threads)
+                            args.activation == "relu", threads, out_nhwc)
 
 
 def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int) -> int:
@@ -468,6 +473,9 @@ def _pad_if_not_finite(x, other, g: _validate.Geometry, layout: str):
 
 
 def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
+    if _nhwc_prefers_nchw(args):
+        _conv_nhwc_through_nchw(x, w, bias, out4, args, n_threads)
+        return
     if _uses_blocked(args):
         _conv_blocked(x, w, bias, out4, args, n_threads)
         return
@@ -484,25 +492,52 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
             args.activation == "relu",
             _threads.for_work(n_threads, _macs(args), g.n * g.out_h))
         return
-    nhwc_out = None
-    if layout == "NHWC" and args.c_out < NHWC_DIRECT_MIN_CHANNELS:
-        # The NHWC kernel vectorises over output channels; with only a few of them the NCHW
-        # kernel (vectorised along output rows) is much faster, even with the two transposes,
-        # which are free for single-channel images.
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
-        nhwc_out, out4 = out4, out4.transpose(0, 3, 1, 2)
-        if not out4.flags.c_contiguous:
-            out4 = np.empty(out4.shape, dtype=out4.dtype)
-        layout = "NCHW"
     kernel = _conv.conv2d_direct_nchw if layout == "NCHW" else _conv.conv2d_direct_nhwc
     rows = g.n * g.out_h * (args.c_out if layout == "NCHW" else 1)
     macs = _macs(args)
     threads = _threads.for_work(n_threads, macs, rows)
     kernel(x, w, bias, out4, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
            g.pad_top, g.pad_left, args.groups, args.activation == "relu", threads)
-    if nhwc_out is not None and not np.shares_memory(nhwc_out, out4):
-        nhwc_out[...] = out4.transpose(0, 2, 3, 1)
+
+
+def _nhwc_prefers_nchw(args: _validate.ConvArgs) -> bool:
+    """Whether a direct NHWC call of the plain loops runs faster as NCHW on transposed copies.
+
+    The NHWC kernel vectorises over output channels; with only a few of them the NCHW kernel
+    (vectorised along output rows) is much faster, even with the two transposes, which are
+    free for single-channel images. (The blocked kernel has its own way: see _pix_for_nhwc.)
+    """
+    g = args.geometry
+    if args.layout != "NHWC" or _uses_blocked(args) or _uses_planes(args):
+        return False
+    if args.groups == g.c == args.c_out >= NHWC_DIRECT_MIN_CHANNELS:
+        return False   # the NHWC depthwise kernel
+    return args.c_out < NHWC_DIRECT_MIN_CHANNELS
+
+
+def _pix_for_nhwc(args: _validate.ConvArgs) -> bool:
+    """Whether a blocked NHWC call runs the pix (NCHW) micro-kernel with an NHWC store:
+    single-channel images (NCHW memory already) with at most half a channel block of
+    outputs, which the ch kernel would mostly waste. LeNet conv1 (1 -> 6 channels) at batch
+    32: 0.20-0.24 ms with the ch kernel (6 of its 32 channel lanes used), the NCHW layer's
+    0.11 ms this way."""
+    cog = args.c_out // args.groups
+    return (args.layout == "NHWC" and args.geometry.c == 1
+            and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"])
+
+
+def _conv_nhwc_through_nchw(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int):
+    """An NHWC direct convolution computed in NCHW: transposed x and weight in, the result
+    transposed back into ``out4`` (written in place when its transpose is contiguous)."""
+    xt = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    wt = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+    out_t = out4.transpose(0, 3, 1, 2)
+    target = (out_t if out_t.flags.c_contiguous
+              else _scratch_array("nchw result", out_t.shape, out4.dtype))
+    _conv_direct(xt, wt, bias, target, dataclasses.replace(args, x=xt, weight=wt, layout="NCHW"),
+                 n_threads)
+    if target is not out_t:
+        out4[...] = target.transpose(0, 2, 3, 1)
 
 
 def _nchw_tiles(n: int, pixels: int, tile_rows: int):

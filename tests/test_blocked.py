@@ -312,3 +312,34 @@ def test_cached_plans_are_read_only_and_reused_correctly(layout, c_out, groups):
     assert not table.flags.writeable
     with pytest.raises(ValueError):
         table[0] = 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [
+    dict(padding=2), dict(stride=2, padding=1), dict(dilation=2, padding="same"),
+    dict(padding=((0, 2), (1, 0)), activation="relu"), dict(stride=(1, 3), activation="relu"),
+], ids=["p2", "s2", "d2-same", "asym-relu", "s1x3-relu"])
+def test_single_channel_nhwc_few_outputs_use_the_pix_kernel(dtype, extra):
+    """NHWC images with one channel are NCHW memory: with at most half a channel block of
+    outputs the pix kernel runs and stores the result channels-last. Output counts at and
+    around the pix kernel's row block; widths across its pixel blocks."""
+    half = block_sizes(dtype)["ch_cols"] // 2
+    rows = block_sizes(dtype)["pix_rows"]
+    for c_out in sorted({4, rows - 1, rows, rows + 1, half}):
+        if not 4 <= c_out <= half:
+            continue
+        for n, h, w in ((3, 9, 23), (1, 17, 61)):
+            x, wt, b = problem("NHWC", dtype, n, 1, h, w, c_out, (3, 5), 1)
+            args = _validate.conv_args(x, wt, b, extra.get("stride", 1),
+                                       extra.get("padding", 0), extra.get("dilation", 1), 1,
+                                       "NHWC", extra.get("activation"), "test")
+            assert conv_module._pix_for_nhwc(args)
+            got = fastconv.conv2d(x, wt, b, layout="NHWC", algorithm="direct", **extra)
+            want = reference.conv2d(x, wt, b, layout="NHWC", **extra)
+            assert_close(got, want, dtype, 15, err_msg=f"c_out={c_out} {extra}")
+            one = fastconv.conv2d(x, wt, b, layout="NHWC", algorithm="direct", num_threads=1,
+                                  **extra)
+            np.testing.assert_array_equal(one, got)
+    x, wt, b = problem("NHWC", dtype, 2, 1, 9, 9, 2 * half, (3, 3), 1)
+    args = _validate.conv_args(x, wt, b, 1, 0, 1, 1, "NHWC", None, "test")
+    assert not conv_module._pix_for_nhwc(args)   # a full channel block: the ch kernel

@@ -68,6 +68,23 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
         }                                                                                      \
     }
 
+/* The tile of the pix kernel into an NHWC result: n pixels (tile columns, NR apart per
+ * row) x rows output channels, pixel i at dst + i * ds, its channels adjacent (so each pixel's
+ * stores are contiguous); bias: one per row, or NULL. Then ReLU. */
+#define FC_DEFINE_STORE_CHANNELS_LAST(T, SUF)                                                  \
+    static inline void fc_store_channels_last_##SUF(T *dst, ptrdiff_t ds, const T *tile,      \
+                                                    ptrdiff_t NR, ptrdiff_t n,                 \
+                                                    ptrdiff_t rows, const T *bias, int relu) { \
+        ptrdiff_t i, r;                                                                        \
+        for (i = 0; i < n; i++) {                                                              \
+            T *d = dst + i * ds;                                                               \
+            for (r = 0; r < rows; r++) {                                                       \
+                T v = tile[r * NR + i] + (bias ? bias[r] : (T)0);                              \
+                d[r] = relu && v <= 0 ? (T)0 : v;                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
 #if FC_VECTOR_EXT
 
 /* pix micro-kernels: tile[r][j] = sum_k w[k * ROWS + r] * x[off[k] + j], r < ROWS,
@@ -157,7 +174,9 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
  * fc_pix_blocks (fc_plane_blocks: one output channel, PLANE_VECS vectors of pixels): pixel
  * q = oh * Ws + ow on a grid Ws wide (only ow < OW, oh < OH exist), in
  * blocks of PIX_VECS * VLEN; output channels in blocks of PIX_ROWS. wpack: (co blocks, K,
- * PIX_ROWS). out: channel 0 of this group of one image, (cog, OH, OW). bias: cog values or
+ * PIX_ROWS). out: channel 0, pixel 0 of this group of one image; output channel co, pixel
+ * (oh, ow) at out[co * ocs + (oh * OW + ow) * ops]: (ocs, ops) = (OH * OW, 1) for an NCHW
+ * result, (1, C_out) for an NHWC one (ops != 1 means that layout). bias: cog values or
  * NULL.
  *
  * fc_ch_blocks: output pixels p = oh * OW + ow in blocks of CH_ROWS (a short last block
@@ -168,7 +187,7 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
     static void NAME##_##SUF(const T *xs, const ptrdiff_t *off, const T *wpack, ptrdiff_t K,   \
                              ptrdiff_t qb0, ptrdiff_t qb1, T *out, const T *bias,              \
                              ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Ws,          \
-                             int relu) {                                                       \
+                             int relu, ptrdiff_t ocs, ptrdiff_t ops) {                         \
         enum { NR = VECS * (FC_VBYTES / sizeof(T)) };                                          \
         T tile[ROWS * NR] FC_ALIGNED;                                                          \
         ptrdiff_t cb, qb, q, r, end;                                                           \
@@ -187,9 +206,15 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
                     if (ow >= OW) continue;                                                    \
                     n = end - q;                                                               \
                     if (ow + n > OW) n = OW - ow;                                              \
+                    if (ops != 1) {                                                            \
+                        fc_store_channels_last_##SUF(                                          \
+                            out + cb * ROWS + (oh * OW + ow) * ops, ops, tile + (q - q0), NR,  \
+                            n, rows, bias ? bias + cb * ROWS : NULL, relu);                    \
+                        continue;                                                              \
+                    }                                                                          \
                     for (r = 0; r < rows; r++) {                                               \
                         ptrdiff_t co = cb * ROWS + r;                                          \
-                        fc_epilogue_##SUF(out + (co * OH + oh) * OW + ow,                      \
+                        fc_epilogue_##SUF(out + co * ocs + oh * OW + ow,                       \
                                           tile + r * NR + (q - q0), n, NULL,                   \
                                           bias ? bias[co] : (T)0, relu);                       \
                     }                                                                          \
@@ -227,6 +252,8 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
 
 FC_DEFINE_EPILOGUE(float, f32)
 FC_DEFINE_EPILOGUE(double, f64)
+FC_DEFINE_STORE_CHANNELS_LAST(float, f32)
+FC_DEFINE_STORE_CHANNELS_LAST(double, f64)
 FC_DEFINE_PIX_KERNEL(float, f32, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
 FC_DEFINE_PIX_KERNEL(double, f64, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
 FC_DEFINE_PIX_KERNEL(float, f32, fc_plane_kernel, 1, FC_PLANE_VECS)

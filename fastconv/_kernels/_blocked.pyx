@@ -28,19 +28,23 @@ cdef extern from "_blocked.h" nogil:
     void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                            const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                           Py_ssize_t Ws, int relu)
+                           Py_ssize_t Ws, int relu,
+                           Py_ssize_t ocs, Py_ssize_t ops)
     void fc_pix_blocks_f64(const double* xs, const Py_ssize_t* off, const double* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                            const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                           Py_ssize_t Ws, int relu)
+                           Py_ssize_t Ws, int relu,
+                           Py_ssize_t ocs, Py_ssize_t ops)
     void fc_plane_blocks_f32(const float* xs, const Py_ssize_t* off, const float* w,
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                              const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t Ws, int relu)
+                             Py_ssize_t Ws, int relu,
+                           Py_ssize_t ocs, Py_ssize_t ops)
     void fc_plane_blocks_f64(const double* xs, const Py_ssize_t* off, const double* w,
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                              const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t Ws, int relu)
+                             Py_ssize_t Ws, int relu,
+                           Py_ssize_t ocs, Py_ssize_t ops)
     void fc_dw_nhwc_row_f32(const float* x, const float* w, const float* bias, float* out,
                             Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                             Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
@@ -168,9 +172,14 @@ cdef inline void _prep_item(
 cdef inline void _blocks(
     const floating* xs, const Py_ssize_t* off, const floating* wpack, Py_ssize_t K,
     Py_ssize_t qb0, Py_ssize_t qb1,
-    floating* out, const floating* bias, bint nhwc, Py_ssize_t ps, Py_ssize_t C_out,
-    Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
+    floating* out, const floating* bias, bint nhwc, bint out_nhwc, Py_ssize_t ps,
+    Py_ssize_t C_out, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
 ) noexcept nogil:
+    """The pixel blocks [qb0, qb1) of one group of one image. ``nhwc``: the ch kernel (x and
+    result channels-last); else the pix kernel, whose result is NCHW, or NHWC with
+    ``out_nhwc``."""
+    cdef Py_ssize_t ocs = 1 if out_nhwc else OH * OW
+    cdef Py_ssize_t ops = C_out if out_nhwc else 1
     if nhwc:
         if floating is float:
             fc_ch_blocks_f32(xs, ps, off, wpack, K, qb0, qb1, out, C_out, bias,
@@ -181,10 +190,10 @@ cdef inline void _blocks(
     else:
         if floating is float:
             fc_pix_blocks_f32(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
-                              Ws, relu)
+                              Ws, relu, ocs, ops)
         else:
             fc_pix_blocks_f64(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
-                              Ws, relu)
+                              Ws, relu, ocs, ops)
 
 
 def conv2d_blocked(
@@ -196,7 +205,7 @@ def conv2d_blocked(
     floating[:, ::1] xs_buf,               # SCRATCH (buffers, xs size); slack zeroed
     bint nhwc, Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top,
     Py_ssize_t pad_left, Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks,
-    Py_ssize_t q_chunk, bint prepared, bint relu, int n_threads,
+    Py_ssize_t q_chunk, bint prepared, bint relu, int n_threads, bint out_nhwc=False,
 ):
     """Blocked direct convolution of a batch.
 
@@ -205,15 +214,17 @@ def conv2d_blocked(
     With one buffer, the images are done one after the other, each prepared and then computed
     by the whole team, split into (group, ``q_chunk`` pixel blocks) items. ``prepared``: x
     already is the prepared image (an NHWC 1x1 convolution without stride or padding), so it
-    is read in place.
+    is read in place. ``out_nhwc`` (with ``nhwc`` False): an NCHW x, computed by the pix
+    kernel, into an NHWC result (for few output channels, which the ch kernel would waste).
     """
+    cdef bint out_last = nhwc or out_nhwc     # the result is channels-last
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t C = x.shape[3] if nhwc else x.shape[1]
     cdef Py_ssize_t H = x.shape[1] if nhwc else x.shape[2]
     cdef Py_ssize_t W = x.shape[2] if nhwc else x.shape[3]
-    cdef Py_ssize_t C_out = out.shape[3] if nhwc else out.shape[1]
-    cdef Py_ssize_t OH = out.shape[1] if nhwc else out.shape[2]
-    cdef Py_ssize_t OW = out.shape[2] if nhwc else out.shape[3]
+    cdef Py_ssize_t C_out = out.shape[3] if out_last else out.shape[1]
+    cdef Py_ssize_t OH = out.shape[1] if out_last else out.shape[2]
+    cdef Py_ssize_t OW = out.shape[2] if out_last else out.shape[3]
     cdef Py_ssize_t groups = wpack.shape[0], n_cb = wpack.shape[1], K = wpack.shape[2]
     cdef Py_ssize_t cog = C_out // groups
     cdef Py_ssize_t phases = stride_h * stride_w
@@ -243,9 +254,9 @@ def conv2d_blocked(
                 for g in range(groups):
                     _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
                             0, n_qblocks,
-                            op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
+                            op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            nhwc, ps, C_out, cog, OH, OW, Ws, relu)
+                            nhwc, out_nhwc, ps, C_out, cog, OH, OW, Ws, relu)
         else:
             for n in range(N):
                 xs = <floating*>(xp + n * image) if prepared else bufp
@@ -259,9 +270,9 @@ def conv2d_blocked(
                     qc = item % n_chunks
                     _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
                             qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
-                            op + n * out_image + (g * cog if nhwc else g * cog * OH * OW),
+                            op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            nhwc, ps, C_out, cog, OH, OW, Ws, relu)
+                            nhwc, out_nhwc, ps, C_out, cog, OH, OW, Ws, relu)
 
 
 def conv2d_planes(
@@ -304,10 +315,12 @@ def conv2d_planes(
                            stride_h, stride_w, pad_top, pad_left, Hs, Ws)
             if floating is float:
                 fc_plane_blocks_f32(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
-                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu)
+                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu,
+                                    OH * OW, 1)
             else:
                 fc_plane_blocks_f64(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
-                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu)
+                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu,
+                                    OH * OW, 1)
 
 
 def conv2d_depthwise_nhwc(

@@ -95,11 +95,15 @@ static inline int fc_pool_vector(void) { return FC_POOL_VECTOR; }
                                    ptrdiff_t KW, ptrdiff_t s, ptrdiff_t pl, ptrdiff_t j0,      \
                                    ptrdiff_t j1, int avg, T div, T *out) {                     \
         if (avg) {                                                                             \
-            if (s == 1) fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 1, div, out); \
-            else fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 1, div, out);    \
+            if (s == 1)                                                                        \
+                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 1, div, out);     \
+            else                                                                               \
+                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 1, div, out);     \
         } else {                                                                               \
-            if (s == 1) fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 0, div, out); \
-            else fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 0, div, out);    \
+            if (s == 1)                                                                        \
+                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 0, div, out);     \
+            else                                                                               \
+                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 0, div, out);     \
         }                                                                                      \
     }                                                                                          \
                                                                                                \
