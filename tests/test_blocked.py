@@ -150,9 +150,13 @@ def test_one_channel_kernel_is_bit_identical_for_any_thread_count(layout):
     ((3, 3), dict(padding=1)),
     ((5, 3), dict(stride=(2, 1), padding="same", dilation=(1, 2))),
     ((2, 2), dict(stride=3)),
+    ((3, 5), dict(stride=2, padding=((1, 2), (3, 0)), dilation=(2, 1))),
+    ((5, 5), dict(dilation=3, padding=6)),     # no column has its whole window inside
+    ((9, 9), dict(padding=4)),                 # more taps than the row's tap table holds
 ])
 def test_nhwc_depthwise(dtype, channels, kernel, kw):
-    """NHWC depthwise: whole channel blocks in registers plus a channel tail one at a time;
+    """NHWC depthwise: whole channel blocks in registers plus a channel tail one at a time,
+    interior columns from a table of the row's taps, border columns checking each tap;
     bit-identical for 1 and 2 threads."""
     x, w, b = problem("NHWC", dtype, 2, channels, 9, 11, channels, kernel, groups=channels)
     got = [fastconv.conv2d(x, w, b, groups=channels, layout="NHWC", algorithm="direct",

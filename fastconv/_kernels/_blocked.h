@@ -272,40 +272,79 @@ FC_DEFINE_DRIVERS(double, f64)
  * the caller pads x explicitly when the weight is not finite). out[ow, c] = bias[c] +
  * sum over (kh, kw) of x[ih0 + kh*dh, ow*sw - pl + kw*dw, c] * w[kh, kw, c], then ReLU. */
 #define FC_DW_VECS 4
+/* Taps of one output row kept in a table for the interior columns (larger kernels: the loop
+ * with bounds checks). */
+#define FC_DW_MAX_TAPS 64
 #if FC_VECTOR_EXT
-#define FC_DEFINE_DW_NHWC(T, SUF)                                                    \
+/* Bias, then ReLU ("v <= 0" is false for NaN, so NaN passes, as in PyTorch), then store. */
+#define FC_DW_STORE(SUF, o, acc, relu)                                                      \
+    FC_UNROLL for (j = 0; j < FC_DW_VECS; j++) {                                            \
+        if (relu)                                                                           \
+            acc[j] = (fc_vec_##SUF)((fc_ivec_##SUF)acc[j]                                   \
+                                    & ~(fc_ivec_##SUF)(acc[j] <= FC_ZERO(SUF)));            \
+        FC_STORE(SUF, (o) + j * V, acc[j]);                                                 \
+    }
+/* Columns whose window lies inside the row (ow in [lo, hi)) run over a table of the row's
+ * valid taps with no bounds checks; the others check each tap. Both add the taps in (kh, kw)
+ * order. */
+#define FC_DEFINE_DW_NHWC(T, SUF)                                                           \
     static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
                                      ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
                                      ptrdiff_t KW, ptrdiff_t OW, ptrdiff_t ih0,             \
                                      ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,              \
                                      ptrdiff_t pl, int relu) {                              \
         enum { V = FC_VBYTES / sizeof(T), B = FC_DW_VECS * V };                             \
+        ptrdiff_t xo[FC_DW_MAX_TAPS], wo[FC_DW_MAX_TAPS], nt = 0, t, lo = 0, hi = 0;        \
         ptrdiff_t ow, c, kh, kw;                                                            \
         int j;                                                                              \
+        if (KH * KW <= FC_DW_MAX_TAPS) {                                                    \
+            ptrdiff_t span = W - (KW - 1) * dw + pl;   /* interior: ow * sw < span */       \
+            for (kh = 0; kh < KH; kh++) {                                                   \
+                ptrdiff_t ih = ih0 + kh * dh;                                               \
+                if (ih < 0 || ih >= H) continue;                                            \
+                for (kw = 0; kw < KW; kw++, nt++) {                                         \
+                    xo[nt] = (ih * W + kw * dw) * C;                                        \
+                    wo[nt] = (kh * KW + kw) * C;                                            \
+                }                                                                           \
+            }                                                                               \
+            lo = pl > 0 ? (pl + sw - 1) / sw : 0;                                           \
+            hi = span > 0 ? (span - 1) / sw + 1 : 0;                                        \
+            if (hi > OW) hi = OW;                                                           \
+            if (lo > hi) lo = hi;                                                           \
+        }                                                                                   \
         for (ow = 0; ow < OW; ow++) {                                                       \
             ptrdiff_t iw0 = ow * sw - pl;                                                   \
             T *o = out + ow * C;                                                            \
-            for (c = 0; c + B <= C; c += B) {                                               \
-                fc_vec_##SUF acc[FC_DW_VECS];                                               \
-                FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                                  \
-                    acc[j] = bias ? FC_LOAD(SUF, bias + c + j * V) : FC_ZERO(SUF);          \
-                for (kh = 0; kh < KH; kh++) {                                               \
-                    ptrdiff_t ih = ih0 + kh * dh;                                           \
-                    if (ih < 0 || ih >= H) continue;                                        \
-                    for (kw = 0; kw < KW; kw++) {                                           \
-                        ptrdiff_t iw = iw0 + kw * dw;                                       \
-                        if (iw < 0 || iw >= W) continue;                                    \
+            if (ow >= lo && ow < hi) {                                                      \
+                const T *xp = x + iw0 * C;                                                  \
+                for (c = 0; c + B <= C; c += B) {                                           \
+                    fc_vec_##SUF acc[FC_DW_VECS];                                           \
+                    FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                              \
+                        acc[j] = bias ? FC_LOAD(SUF, bias + c + j * V) : FC_ZERO(SUF);      \
+                    for (t = 0; t < nt; t++) {                                              \
+                        const T *xt = xp + xo[t] + c, *wt = w + wo[t] + c;                  \
                         FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                          \
-                            acc[j] += FC_LOAD(SUF, x + (ih * W + iw) * C + c + j * V)       \
-                                      * FC_LOAD(SUF, w + (kh * KW + kw) * C + c + j * V);   \
+                            acc[j] += FC_LOAD(SUF, xt + j * V) * FC_LOAD(SUF, wt + j * V);  \
                     }                                                                       \
+                    FC_DW_STORE(SUF, o + c, acc, relu)                                      \
                 }                                                                           \
-                /* v <= 0 is false for NaN, so NaN passes (as in PyTorch). */               \
-                FC_UNROLL for (j = 0; j < FC_DW_VECS; j++) {                                \
-                    if (relu)                                                               \
-                        acc[j] = (fc_vec_##SUF)((fc_ivec_##SUF)acc[j]                       \
-                                                & ~(fc_ivec_##SUF)(acc[j] <= FC_ZERO(SUF)));\
-                    FC_STORE(SUF, o + c + j * V, acc[j]);                                   \
+            } else {                                                                        \
+                for (c = 0; c + B <= C; c += B) {                                           \
+                    fc_vec_##SUF acc[FC_DW_VECS];                                           \
+                    FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                              \
+                        acc[j] = bias ? FC_LOAD(SUF, bias + c + j * V) : FC_ZERO(SUF);      \
+                    for (kh = 0; kh < KH; kh++) {                                           \
+                        ptrdiff_t ih = ih0 + kh * dh;                                       \
+                        if (ih < 0 || ih >= H) continue;                                    \
+                        for (kw = 0; kw < KW; kw++) {                                       \
+                            ptrdiff_t iw = iw0 + kw * dw;                                   \
+                            if (iw < 0 || iw >= W) continue;                                \
+                            FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                      \
+                                acc[j] += FC_LOAD(SUF, x + (ih * W + iw) * C + c + j * V)   \
+                                          * FC_LOAD(SUF, w + (kh * KW + kw) * C + c + j * V); \
+                        }                                                                   \
+                    }                                                                       \
+                    FC_DW_STORE(SUF, o + c, acc, relu)                                      \
                 }                                                                           \
             }                                                                               \
             fc_dw_nhwc_tail_##SUF(x, w, bias, o, c, C, H, W, KH, KW, ih0, iw0, dh, dw,      \
