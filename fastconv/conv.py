@@ -659,8 +659,13 @@ def conv2d_backward(
     algorithm : {"auto", "direct", "im2col"}
         ``"im2col"``: GEMMs with NumPy's BLAS on column-matrix tiles of at most 8 MiB, folded
         back with col2im; ``"direct"``: loops over the kernel taps (NCHW kernels, and NHWC
-        kernels for depthwise layers; other NHWC layers run on transposed copies). ``"auto"``
-        picks as :func:`conv2d` does.
+        kernels for depthwise layers; other NHWC layers run on transposed copies), except
+        that a stride-1 input gradient with at least 4 input channels per group and a finite
+        weight is computed as a forward convolution by the blocked kernel of
+        :func:`conv2d` (grad_out correlated with the flipped, channel-swapped weight).
+        ``"auto"`` picks between these two by layer shape as :func:`conv2d`'s older rule
+        does: im2col for layers with a long reduction and several output channels, else
+        direct.
     num_threads : int, optional
         Upper limit on the threads of fastconv's kernels; the im2col path's GEMMs run on
         NumPy's BLAS threads, which this does not control. The result does not depend on it:
@@ -715,12 +720,29 @@ def conv2d_backward(
     gy = np.ascontiguousarray(grad.grad_out)
     xc = np.ascontiguousarray(args.x)
     wc = np.ascontiguousarray(args.weight)
-    grad_x = np.zeros(args.x.shape, dtype=args.dtype) if "input" in grad.needs else None
     grad_w = np.empty(args.weight.shape, dtype=args.dtype) if "weight" in grad.needs else None
+    grad_x = grad_x_blocked = None
+    if "input" in grad.needs:
+        # A stride-1 input gradient is a forward convolution, which the blocked kernel
+        # computes when the algorithm is "direct". Not with "im2col" (nor when "auto" picks
+        # it): the weight gradient's GEMM leaves NumPy's OpenBLAS threads spinning, and an
+        # OpenMP kernel right after it shares the cores with them (see the note above
+        # _transposed_conv_args).
+        transposed = _transposed_conv_args(gy, wc, args) if algorithm == "direct" else None
+        if transposed is not None and _uses_blocked(transposed):
+            grad_x_blocked = np.empty(args.x.shape, dtype=args.dtype)
+            with np.errstate(**_validate.IEEE_SILENT):
+                _conv_blocked(np.ascontiguousarray(transposed.x), transposed.weight,
+                              np.empty(0, dtype=args.dtype), grad_x_blocked, transposed,
+                              n_threads)
+        else:
+            grad_x = np.zeros(args.x.shape, dtype=args.dtype)
     if grad_x is not None or grad_w is not None:
         backward = _backward_direct if algorithm == "direct" else _backward_im2col
         with np.errstate(**_validate.IEEE_SILENT):
             backward(gy, xc, wc, grad_x, grad_w, args, n_threads)
+    if grad_x_blocked is not None:
+        grad_x = grad_x_blocked
     grad_b = None
     if "bias" in grad.needs:
         with np.errstate(**_validate.IEEE_SILENT):
@@ -730,6 +752,44 @@ def conv2d_backward(
         None if grad_w is None else grad_w.reshape(grad.weight_shape),
         grad_b,
     )
+
+
+# Why "auto" keeps im2col for the input gradient of dense layers, measured on vgg_3x3 at
+# batch 32 (NCHW, float32, 2 cores): after the weight gradient's GEMM, NumPy's OpenBLAS
+# threads keep spinning, and the blocked input gradient that follows took 34 ms instead of
+# the 17.7 it takes alone (im2col: 28.5 ms). With OPENBLAS_NUM_THREADS=1 it takes 17.7 ms
+# again, but the GEMM then runs on one core.
+def _transposed_conv_args(gy, w, args: _validate.ConvArgs) -> Optional[_validate.ConvArgs]:
+    """The input gradient of a stride-1 convolution as a forward one, or None.
+
+    With stride 1, grad_x is grad_out correlated with the weight flipped in both spatial axes
+    and with its input and output channels swapped (per group), padded by dilation * (K - 1)
+    minus the forward padding on each side; the blocked kernel then computes it. Not used
+    for other strides, for forward padding wider than dilation * (K - 1), or for a weight
+    with inf or NaN: the padding zeros of grad_out would meet it (inf * 0 = NaN) where the
+    true gradient has no term at all.
+    """
+    g = args.geometry
+    extra_h, extra_w = g.dilation_h * (g.kernel_h - 1), g.dilation_w * (g.kernel_w - 1)
+    pads = ((extra_h - g.pad_top, extra_h - g.pad_bottom),
+            (extra_w - g.pad_left, extra_w - g.pad_right))
+    if (g.stride_h, g.stride_w) != (1, 1) or min(min(p) for p in pads) < 0:
+        return None
+    with np.errstate(**_validate.IEEE_SILENT):
+        if not np.isfinite(w).all():
+            return None
+    groups, cog, cig = args.groups, args.c_out // args.groups, g.c // args.groups
+    kh, kw = g.kernel_h, g.kernel_w
+    if args.layout == "NCHW":   # OIHW (C_out, cig, KH, KW) -> (C_in, cog, KH, KW)
+        wt = w.reshape(groups, cog, cig, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+        wt = wt.reshape(groups * cig, cog, kh, kw)
+    else:                       # HWIO (KH, KW, cig, C_out) -> (KH, KW, cog, C_in)
+        wt = w[::-1, ::-1].reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2)
+        wt = wt.reshape(kh, kw, cog, groups * cig)
+    transposed = _validate.conv_args(gy, np.ascontiguousarray(wt), None, 1, pads,
+                                     (g.dilation_h, g.dilation_w), groups, args.layout, None,
+                                     "conv2d_backward")
+    return transposed if transposed.out_shape4 == args.x.shape else None
 
 
 def _backward_direct(gy, x, w, grad_x, grad_w, args: _validate.ConvArgs, n_threads: int):

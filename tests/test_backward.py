@@ -269,6 +269,90 @@ def test_conv_auto_picks_as_conv2d_documents(layout, cig, kernel, cog, groups, e
         assert_bit_identical(a, b, name)
 
 
+# ---- the blocked input gradient (stride 1: a forward convolution) ------------------------
+
+BLOCKED_GRAD_X_CASES = [
+    Case("bx-k3-p1", 2, 8, 9, 11, 6, (3, 3), padding=1),
+    Case("bx-k5x3-d2x1-same", 1, 5, 10, 9, 7, (5, 3), padding="same", dilation=(2, 1)),
+    Case("bx-asymmetric", 2, 4, 7, 8, 9, (3, 3), padding=((0, 2), (1, 0))),
+    Case("bx-pad-at-limit", 1, 6, 6, 7, 5, (3, 2), padding=((2, 2), (1, 1))),
+    Case("bx-valid", 3, 4, 8, 6, 33, (3, 3)),
+    Case("bx-1x1", 2, 12, 5, 6, 4, (1, 1)),
+    Case("bx-kernel-equals-input", 2, 4, 5, 6, 3, (5, 6)),
+    Case("bx-groups2", 2, 8, 7, 7, 6, (3, 3), padding=1, groups=2),
+    Case("bx-c_out1", 2, 4, 6, 6, 1, (3, 3), padding=1),
+]
+
+
+def _grad_x_blocked(g, w, layout, case) -> bool:
+    shape = ((case.n, case.c_in, case.h, case.w) if layout == "NCHW"
+             else (case.n, case.h, case.w, case.c_in))
+    args = conv_module._validate.conv_args(np.zeros(shape, w.dtype), w, None, case.stride,
+                                           case.padding, case.dilation, case.groups, layout,
+                                           None, "test")
+    transposed = conv_module._transposed_conv_args(g, w, args)
+    return transposed is not None and conv_module._uses_blocked(transposed)
+
+
+@pytest.mark.parametrize("case", BLOCKED_GRAD_X_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_blocked_input_gradient(layout, dtype, case):
+    """grad_x of a stride-1 convolution through the forward blocked kernel ("direct"): the
+    reference's answer, the same as im2col's up to rounding, and the same bits for 1, 2
+    and 3 threads."""
+    g, x, w = make_problem(case, layout, dtype, seed=len(case.name))
+    assert _grad_x_blocked(g, w, layout, case)
+    got = check_conv_against_reference(g, x, w, case, layout, "direct", dtype)
+    kw = dict(layout=layout, algorithm="direct", **case.kwargs())
+    for threads in (1, 3):
+        again = fastconv.conv2d_backward(g, x, w, num_threads=threads, needs=("input",), **kw)
+        assert_bit_identical(again[0], got[0], f"threads={threads}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_blocked_input_gradient_not_used_where_it_would_differ(layout):
+    """Stride > 1, padding wider than dilation * (K - 1), and an inf or NaN weight (whose
+    products with grad_out's padding zeros would be NaN where the true gradient has no term)
+    keep the other kernels; the results still match the reference."""
+    cases = [Case("bx-s2", 2, 8, 9, 9, 6, (3, 3), stride=2, padding=1),
+             Case("bx-wide-pad", 1, 8, 7, 7, 6, (3, 3), padding=3)]
+    for case in cases:
+        g, x, w = make_problem(case, layout, np.float64, seed=3)
+        assert not _grad_x_blocked(g, w, layout, case)
+        check_conv_against_reference(g, x, w, case, layout, "direct", np.float64)
+    case = BLOCKED_GRAD_X_CASES[0]
+    g, x, w = make_problem(case, layout, np.float64, seed=4)
+    for bad in (INF, NAN):
+        w_bad = w.copy()
+        w_bad.flat[5] = bad
+        assert not _grad_x_blocked(g, w_bad, layout, case)
+        got = fastconv.conv2d_backward(g, x, w_bad, layout=layout, algorithm="direct",
+                                       **case.kwargs())
+        want = reference.conv2d_backward(g, x, w_bad, layout=layout, **case.kwargs())
+        assert_close(got[0], want[0], np.float64, reduction_length=case.c_out * 9)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_only_direct_uses_the_blocked_input_gradient(layout, monkeypatch):
+    """"direct" runs the blocked input gradient; "im2col", and "auto" where it picks im2col
+    (a large layer), do not (the weight gradient's BLAS threads would slow it down); all
+    three agree."""
+    case = Case("bx-large", 2, 32, 24, 24, 32, (3, 3), padding=1)
+    g, x, w = make_problem(case, layout, np.float32, seed=5)
+    calls = []
+    real = conv_module._conv_blocked
+    monkeypatch.setattr(conv_module, "_conv_blocked",
+                        lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    direct = check_conv_against_reference(g, x, w, case, layout, "direct", np.float32)
+    assert len(calls) == 1 and calls[0].x.shape == g.shape
+    calls.clear()
+    for algorithm in ("auto", "im2col"):
+        other = check_conv_against_reference(g, x, w, case, layout, algorithm, np.float32)
+        assert calls == [], algorithm
+        assert_close(direct[0], other[0], np.float32, reduction_length=case.c_out * 9)
+
+
 # ---- needs ---------------------------------------------------------------------------------
 
 NEEDS_CASE = Case("needs", 2, 4, 7, 6, 8, (3, 3), stride=(1, 2), padding=1, groups=2)
