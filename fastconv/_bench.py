@@ -92,6 +92,7 @@ RELU_MODES = ("new", "out")
 # The overhead section's calls: (row name, fastconv function, layout).
 OVERHEAD_CALLS = (("conv2d", "conv2d", "NCHW"), ("conv2d", "conv2d", "NHWC"),
                   ("max_pool2d 3x3", "max_pool2d", "NCHW"),
+                  ("max_pool2d 3x3", "max_pool2d", "NHWC"),
                   ("avg_pool2d 3x3", "avg_pool2d", "NCHW"), ("relu", "relu", "any"))
 
 # --quick: a few seconds in all (the tests run it).

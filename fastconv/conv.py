@@ -195,7 +195,7 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
         return _gemm_or_loops(args)
     if _is_pointwise(g):
         return "direct" if args.layout == "NHWC" and macs >= AUTO_POINTWISE_MIN_MACS else "im2col"
-    if args.layout == "NHWC" and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"]:
+    if _few_nhwc_outputs(args):
         return _gemm_or_loops(args)
     return "direct"
 
@@ -210,6 +210,21 @@ def _gemm_or_loops(args: _validate.ConvArgs) -> str:
             and args.c_out // args.groups >= AUTO_MIN_CHANNELS[args.layout]):
         return "im2col"
     return "direct"
+
+
+def _few_nhwc_outputs(args: _validate.ConvArgs) -> bool:
+    """NHWC with at most half of the ch micro-kernel's channel block of outputs per group:
+    the ch kernel would leave most of its lanes idle."""
+    cog = args.c_out // args.groups
+    return (args.layout == "NHWC"
+            and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"])
+
+
+def _is_nhwc_depthwise(args: _validate.ConvArgs) -> bool:
+    """An NHWC depthwise layer (one input and one output channel per group) wide enough for
+    its own kernel (channels are contiguous, so it vectorises over them)."""
+    return (args.layout == "NHWC"
+            and args.groups == args.geometry.c == args.c_out >= NHWC_DIRECT_MIN_CHANNELS)
 
 
 def _uses_blocked(args: _validate.ConvArgs) -> bool:
@@ -484,8 +499,7 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         return
     layout = args.layout
     x, g = _pad_if_not_finite(x, w, args.geometry, layout)
-    if layout == "NHWC" and args.groups == g.c == args.c_out >= NHWC_DIRECT_MIN_CHANNELS:
-        # Depthwise: channels are contiguous, so the kernel vectorises over them.
+    if _is_nhwc_depthwise(args):
         _blocked.conv2d_depthwise_nhwc(
             x, w.reshape(g.kernel_h * g.kernel_w, g.c), bias, out4, g.kernel_h, g.kernel_w,
             g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, g.pad_top, g.pad_left,
@@ -501,18 +515,15 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
 
 
 def _nhwc_prefers_nchw(args: _validate.ConvArgs) -> bool:
-    """Whether a direct NHWC call of the plain loops runs faster as NCHW on transposed copies.
-
-    The NHWC kernel vectorises over output channels; with only a few of them the NCHW kernel
-    (vectorised along output rows) is much faster, even with the two transposes, which are
-    free for single-channel images. (The blocked kernel has its own way: see _pix_for_nhwc.)
-    """
-    g = args.geometry
+    """Whether a direct NHWC call that none of the NHWC-capable kernels takes (blocked, one
+    channel, depthwise) runs faster as NCHW on transposed copies: with fewer than
+    NHWC_DIRECT_MIN_CHANNELS outputs, which the NHWC loops (vectorised over output channels)
+    would waste. The NCHW call goes through _conv_direct again, so a layer with one output
+    channel per group (a narrow depthwise one) then takes the one-channel kernel. (The
+    blocked kernel has its own way: see _pix_for_nhwc.)"""
     if args.layout != "NHWC" or _uses_blocked(args) or _uses_planes(args):
         return False
-    if args.groups == g.c == args.c_out >= NHWC_DIRECT_MIN_CHANNELS:
-        return False   # the NHWC depthwise kernel
-    return args.c_out < NHWC_DIRECT_MIN_CHANNELS
+    return not _is_nhwc_depthwise(args) and args.c_out < NHWC_DIRECT_MIN_CHANNELS
 
 
 def _pix_for_nhwc(args: _validate.ConvArgs) -> bool:
@@ -521,9 +532,7 @@ def _pix_for_nhwc(args: _validate.ConvArgs) -> bool:
     outputs, which the ch kernel would mostly waste. LeNet conv1 (1 -> 6 channels) at batch
     32: 0.20-0.24 ms with the ch kernel (6 of its 32 channel lanes used), the NCHW layer's
     0.11 ms this way."""
-    cog = args.c_out // args.groups
-    return (args.layout == "NHWC" and args.geometry.c == 1
-            and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"])
+    return args.geometry.c == 1 and _few_nhwc_outputs(args)
 
 
 def _conv_nhwc_through_nchw(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int):
@@ -773,12 +782,14 @@ def _transposed_conv_args(gy, w, args: _validate.ConvArgs) -> Optional[_validate
     extra_h, extra_w = g.dilation_h * (g.kernel_h - 1), g.dilation_w * (g.kernel_w - 1)
     pads = ((extra_h - g.pad_top, extra_h - g.pad_bottom),
             (extra_w - g.pad_left, extra_w - g.pad_right))
-    if (g.stride_h, g.stride_w) != (1, 1) or min(min(p) for p in pads) < 0:
+    cig = g.c // args.groups   # the output channels of the transposed convolution
+    if ((g.stride_h, g.stride_w) != (1, 1) or min(min(p) for p in pads) < 0
+            or cig < BLOCKED_MIN_CHANNELS[args.layout]):
         return None
     with np.errstate(**_validate.IEEE_SILENT):
         if not np.isfinite(w).all():
             return None
-    groups, cog, cig = args.groups, args.c_out // args.groups, g.c // args.groups
+    groups, cog = args.groups, args.c_out // args.groups
     kh, kw = g.kernel_h, g.kernel_w
     if args.layout == "NCHW":   # OIHW (C_out, cig, KH, KW) -> (C_in, cog, KH, KW)
         wt = w.reshape(groups, cog, cig, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]

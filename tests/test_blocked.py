@@ -347,3 +347,21 @@ def test_single_channel_nhwc_few_outputs_use_the_pix_kernel(dtype, extra):
     x, wt, b = problem("NHWC", dtype, 2, 1, 9, 9, 2 * half, (3, 3), 1)
     args = _validate.conv_args(x, wt, b, 1, 0, 1, 1, "NHWC", None, "test")
     assert not conv_module._pix_for_nhwc(args)   # a full channel block: the ch kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels, multiplier", [(4, 1), (3, 2), (7, 1)])
+def test_narrow_nhwc_grouped_layers_run_transposed(dtype, channels, multiplier):
+    """NHWC layers with fewer than NHWC_DIRECT_MIN_CHANNELS outputs that no NHWC kernel takes
+    run as NCHW on transposed copies; with one output channel per group (narrow depthwise)
+    that NCHW call takes the one-channel kernel. Against the reference, inf weight included
+    (it must meet the padding zeros, as in PyTorch)."""
+    c_out = channels * multiplier
+    x, w, b = problem("NHWC", dtype, 2, channels, 7, 9, c_out, (3, 3), groups=channels)
+    args = _validate.conv_args(x, w, b, 1, 1, 1, channels, "NHWC", None, "test")
+    assert conv_module._nhwc_prefers_nchw(args)
+    for weight in (w, np.where(np.arange(w.size).reshape(w.shape) == 4, np.inf, w)):
+        got = fastconv.conv2d(x, weight, b, 1, 1, 1, channels, layout="NHWC",
+                              algorithm="direct")
+        want = reference.conv2d(x, weight, b, 1, 1, 1, channels, layout="NHWC")
+        assert_close(got, want, dtype, 9)

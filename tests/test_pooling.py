@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -869,6 +870,10 @@ def test_vector_rows_max(dtype, kernel_size, stride, padding, W, ceil_mode, rng)
                                              return_indices=True, **kw)
     assert_array_equal(got, want_v)
     assert_array_equal(scalar_i, want_i)
+    # The very cell the reference's index names (which zero won a signed-zero tie, which
+    # NaN a NaN window holds), bit for bit.
+    at_index = np.take_along_axis(x.reshape(2, 3, -1), want_i.reshape(2, 3, -1), axis=2)
+    _assert_bit_identical(got, at_index.reshape(got.shape))
     _assert_bit_identical(got, scalar_v)
     got_nhwc = fastconv.max_pool2d(to_nhwc(x), kernel_size, stride, padding, layout="NHWC", **kw)
     _assert_bit_identical(got_nhwc, to_nhwc(got))
@@ -940,18 +945,34 @@ GUARDS = GuardedBuffers()
 @pytest.mark.parametrize("kernel_size, stride, padding, W", [
     (2, 2, 0, 34), (3, 2, 1, 33), (3, 2, 0, 35), (3, 1, 1, 17), (2, 1, 0, 66), (3, 2, 1, 4),
 ])
+@pytest.mark.parametrize("C", [3, 16, 83])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op", OPS)
-def test_no_access_outside_input_and_output(op, layout, dtype, kernel_size, stride, padding,
-                                            W, at, rng):
+def test_no_access_outside_input_and_output(op, layout, dtype, C, kernel_size, stride,
+                                            padding, W, at, rng, monkeypatch):
     # The stride-2 taps load two vectors per tap; the last block of a row overlaps the one
-    # before it. Input and output sit against an inaccessible page: one element too far
-    # crashes the process (so this test fails loudly) instead of reading a neighbour.
-    x = _in_layout(rng.standard_normal((2, 3, 5, W)).astype(dtype), layout)
+    # before it; NHWC pixels hold whole vectors and a channel tail (C = 16, 83). Input and
+    # output sit against an inaccessible page: one element too far crashes the process (so
+    # this test fails loudly) instead of reading a neighbour.
+    x = _in_layout(rng.standard_normal((2, C, 5, W)).astype(dtype), layout)
     want = FAST[op](x, kernel_size, stride, padding, layout=layout)
     guarded_x = GUARDS.array(x, at=at)
     guarded_out = GUARDS.array(np.full_like(want, np.nan), at=at)
+    targets = []
+    real_target = fastconv._validate.kernel_target
+    monkeypatch.setattr(fastconv._validate, "kernel_target",
+                        lambda *a: targets.append(real_target(*a)) or targets[-1])
     got = FAST[op](guarded_x, kernel_size, stride, padding, layout=layout, out=guarded_out)
     assert got is guarded_out
+    assert len(targets) == 1 and np.shares_memory(targets[0], guarded_out)  # written in place
     _assert_bit_identical(np.array(got), want)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or fastconv._build_info.BUILD_INFO.get("compiler")
+                    != "gcc", reason="the pooling vector code needs GCC (Linux GCC builds)")
+def test_pooling_vector_code_is_built():
+    # Without it every pooling pass silently runs the scalar loops (and the vector-path tests
+    # above test nothing new): make sure the GCC build has it.
+    from fastconv._isa import kernel_module
+    assert kernel_module("_pool").vector_code()

@@ -352,7 +352,7 @@ FC_DEFINE_DRIVERS(double, f64)
         }                                                                                   \
     }
 #else
-#define FC_DEFINE_DW_NHWC(T, SUF)                                                    \
+#define FC_DEFINE_DW_NHWC(T, SUF)                                                           \
     static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
                                      ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
                                      ptrdiff_t KW, ptrdiff_t OW, ptrdiff_t ih0,             \

@@ -28,23 +28,19 @@ cdef extern from "_blocked.h" nogil:
     void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                            const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                           Py_ssize_t Ws, int relu,
-                           Py_ssize_t ocs, Py_ssize_t ops)
+                           Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
     void fc_pix_blocks_f64(const double* xs, const Py_ssize_t* off, const double* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                            const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                           Py_ssize_t Ws, int relu,
-                           Py_ssize_t ocs, Py_ssize_t ops)
+                           Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
     void fc_plane_blocks_f32(const float* xs, const Py_ssize_t* off, const float* w,
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                              const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t Ws, int relu,
-                           Py_ssize_t ocs, Py_ssize_t ops)
+                             Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
     void fc_plane_blocks_f64(const double* xs, const Py_ssize_t* off, const double* w,
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                              const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t Ws, int relu,
-                           Py_ssize_t ocs, Py_ssize_t ops)
+                             Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
     void fc_dw_nhwc_row_f32(const float* x, const float* w, const float* bias, float* out,
                             Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                             Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,

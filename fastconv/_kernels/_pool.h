@@ -10,7 +10,8 @@
  *
  * NCHW columns are vectorised for strides 1 and 2: a stride-2 tap is gathered from two loads
  * by one two-register shuffle. That needs GCC's __builtin_shuffle; with other compilers
- * fc_pool_vector() is 0 and the Cython loops do all the work.
+ * (Clang included) fc_pool_vector() is 0 and the Cython loops do all the work, which the
+ * tests check on Linux GCC builds.
  */
 #ifndef FASTCONV_POOL_H
 #define FASTCONV_POOL_H
@@ -90,7 +91,8 @@ static inline int fc_pool_vector(void) { return FC_POOL_VECTOR; }
         }                                                                                      \
     }                                                                                          \
                                                                                                \
-    /* The stride and the operation become constants in each copy of the body. */             \
+    /* The stride and the operation become constants in each copy of the body. s must be 1  \
+     * or 2 (any other value is taken as 2): the Cython caller only passes those. */           \
     static void fc_pool_cols_##SUF(const T *plane, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,    \
                                    ptrdiff_t KW, ptrdiff_t s, ptrdiff_t pl, ptrdiff_t j0,      \
                                    ptrdiff_t j1, int avg, T div, T *out) {                     \

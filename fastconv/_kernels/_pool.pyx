@@ -40,6 +40,12 @@ cdef extern from "_pool.h" nogil:
                                 int avg, double div, double* out)
 
 
+def vector_code():
+    """Whether this build has the vector code of ``_pool.h`` (GCC builds; with other
+    compilers every pass runs the loops of this module)."""
+    return bool(fc_pool_vector())
+
+
 cdef enum:
     CHANNEL_BLOCK = 16  # NHWC channels searched together (stack arrays); backward work items
 
