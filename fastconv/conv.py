@@ -738,7 +738,7 @@ def conv2d_backward(
         # OpenMP kernel right after it shares the cores with them (see the note above
         # _transposed_conv_args).
         transposed = _transposed_conv_args(gy, wc, args) if algorithm == "direct" else None
-        if transposed is not None and _uses_blocked(transposed):
+        if transposed is not None:
             grad_x_blocked = np.empty(args.x.shape, dtype=args.dtype)
             with np.errstate(**_validate.IEEE_SILENT):
                 _conv_blocked(np.ascontiguousarray(transposed.x), transposed.weight,
@@ -769,14 +769,16 @@ def conv2d_backward(
 # the 17.7 it takes alone (im2col: 28.5 ms). With OPENBLAS_NUM_THREADS=1 it takes 17.7 ms
 # again, but the GEMM then runs on one core.
 def _transposed_conv_args(gy, w, args: _validate.ConvArgs) -> Optional[_validate.ConvArgs]:
-    """The input gradient of a stride-1 convolution as a forward one, or None.
+    """The input gradient of a stride-1 convolution as a forward one for the blocked
+    kernel, or None.
 
     With stride 1, grad_x is grad_out correlated with the weight flipped in both spatial axes
     and with its input and output channels swapped (per group), padded by dilation * (K - 1)
-    minus the forward padding on each side; the blocked kernel then computes it. Not used
-    for other strides, for forward padding wider than dilation * (K - 1), or for a weight
-    with inf or NaN: the padding zeros of grad_out would meet it (inf * 0 = NaN) where the
-    true gradient has no term at all.
+    minus the forward padding on each side; the blocked kernel then computes it. None for
+    other strides, for forward padding wider than dilation * (K - 1), for fewer input
+    channels per group than the blocked kernel takes as outputs (_uses_blocked), and for a
+    weight with inf or NaN: the padding zeros of grad_out would meet it (inf * 0 = NaN) where
+    the true gradient has no term at all.
     """
     g = args.geometry
     extra_h, extra_w = g.dilation_h * (g.kernel_h - 1), g.dilation_w * (g.kernel_w - 1)

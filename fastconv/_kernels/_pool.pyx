@@ -153,33 +153,22 @@ cdef inline void _max_chunk(const floating* plane, Py_ssize_t oh, Py_ssize_t ow0
             best[i] = wh.start * g.W + col + best_tap[i]
 
 
-cdef inline void _max_row_nchw(const floating* plane, floating* o, int64_t* idx, Py_ssize_t oh,
-                               const Geometry* g) noexcept nogil:
-    """Output row oh of one (n, c) plane; ``idx`` may be NULL."""
+cdef inline void _max_cols_nchw(const floating* plane, floating* o, int64_t* idx,
+                                Py_ssize_t oh, Py_ssize_t ow0, Py_ssize_t ow1,
+                                const Geometry* g) noexcept nogil:
+    """Output columns [ow0, ow1) of row oh of one (n, c) plane by the scalar search, with
+    their indices unless ``idx`` is NULL (``o`` and ``idx`` point at the row's column 0)."""
     cdef floating m[ROW_CHUNK]
     cdef int64_t best[ROW_CHUNK]
-    cdef Py_ssize_t ow0 = 0, n, i
-    while ow0 < g.OW:
-        n = g.OW - ow0 if g.OW - ow0 < ROW_CHUNK else ROW_CHUNK
+    cdef Py_ssize_t n, i
+    while ow0 < ow1:
+        n = ow1 - ow0 if ow1 - ow0 < ROW_CHUNK else ROW_CHUNK
         _max_chunk(plane, oh, ow0, n, m, best, idx != NULL, g)
         for i in range(n):
             o[ow0 + i] = m[i]
         if idx != NULL:
             for i in range(n):
                 idx[ow0 + i] = best[i]
-        ow0 += n
-
-
-cdef inline void _max_cols_nchw(const floating* plane, floating* o, Py_ssize_t oh,
-                                Py_ssize_t ow0, Py_ssize_t ow1, const Geometry* g) noexcept nogil:
-    """Maxima of output columns [ow0, ow1) of row oh of one plane, by the scalar search."""
-    cdef floating m[ROW_CHUNK]
-    cdef Py_ssize_t n, i
-    while ow0 < ow1:
-        n = ow1 - ow0 if ow1 - ow0 < ROW_CHUNK else ROW_CHUNK
-        _max_chunk(plane, oh, ow0, n, m, NULL, False, g)
-        for i in range(n):
-            o[ow0 + i] = m[i]
         ow0 += n
 
 
@@ -303,8 +292,8 @@ cdef inline void _pool_row_nchw_vector(const floating* plane, floating* o, Py_ss
         ww.start, ww.end, ww.padded_len = 0, g.KW, g.KW   # any interior window
         div = <floating>_divisor(g, wh, ww)
     else:
-        _max_cols_nchw(plane, o, oh, 0, j0, g)
-        _max_cols_nchw(plane, o, oh, j1, g.OW, g)
+        _max_cols_nchw(plane, o, NULL, oh, 0, j0, g)
+        _max_cols_nchw(plane, o, NULL, oh, j1, g.OW, g)
     if floating is float:
         fc_pool_cols_f32(plane, g.W, wh.start, wh.end, g.KW, g.stride_w, g.pad_left, j0, j1,
                          avg, div, o)
@@ -371,8 +360,8 @@ def max_pool_nchw(
                 _pool_row_nchw_vector(xp + (r // OH) * H * W, op + r * OW, r % OH, j0, j1,
                                       False, &g)
             else:
-                _max_row_nchw(xp + (r // OH) * H * W, op + r * OW,
-                              ip + r * OW if ip != NULL else NULL, r % OH, &g)
+                _max_cols_nchw(xp + (r // OH) * H * W, op + r * OW,
+                               ip + r * OW if ip != NULL else NULL, r % OH, 0, OW, &g)
 
 
 def max_pool_nhwc(
