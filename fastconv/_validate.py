@@ -335,6 +335,22 @@ def spatial_shape(n: int, c: int, h: int, w: int, layout: str) -> Tuple[int, int
     return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
 
 
+def _restore_batch(y):
+    return y
+
+
+def _restore_image(y):
+    return y[0]
+
+
+def _restore_plane_nchw(y):
+    return y[0, 0]
+
+
+def _restore_plane_nhwc(y):
+    return y[0, :, :, 0]
+
+
 def batched(x: np.ndarray, layout: str, func: str, name: str = "x", allow_2d: bool = False):
     """View ``x`` as a 4-D batch; return ``(x4, restore)`` where ``restore`` undoes the view.
 
@@ -342,13 +358,13 @@ def batched(x: np.ndarray, layout: str, func: str, name: str = "x", allow_2d: bo
     2-D a single-channel (H, W) image.
     """
     if x.ndim == 4:
-        return x, lambda y: y
+        return x, _restore_batch
     if x.ndim == 3:
-        return x[np.newaxis], lambda y: y[0]
+        return x[np.newaxis], _restore_image
     if x.ndim == 2 and allow_2d:
         if layout == "NCHW":
-            return x[np.newaxis, np.newaxis], lambda y: y[0, 0]
-        return x[np.newaxis, :, :, np.newaxis], lambda y: y[0, :, :, 0]
+            return x[np.newaxis, np.newaxis], _restore_plane_nchw
+        return x[np.newaxis, :, :, np.newaxis], _restore_plane_nhwc
     dims = "2-D (H, W), 3-D or 4-D" if allow_2d else "3-D or 4-D"
     form = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
     raise ValueError(
@@ -423,10 +439,83 @@ class ConvArgs:
         return spatial_shape(g.n, self.c_out, g.out_h, g.out_w, self.layout)
 
 
+# Normalised convolution arguments by shapes, dtypes and options. A call that repeats a
+# validated combination (every layer of a network, every step) skips the checks: they cost
+# about 9 us, more than a small layer's whole convolution.
+_conv_cache: dict = {}
+CONV_CACHE_SIZE = 512
+
+
+def _plain_option(value: Any) -> bool:
+    """Whether a size option can be part of a cache key: an exact int, str or None, or a
+    tuple of exact ints or of pairs of them. Anything else (a bool, a float, a list, a NumPy
+    integer) takes the full checks, so a value they refuse is never found in the cache."""
+    t = type(value)
+    if t is int or t is str or value is None:
+        return True
+    if t is not tuple:
+        return False
+    for item in value:
+        if type(item) is not int and not (
+            type(item) is tuple and all(type(v) is int for v in item)
+        ):
+            return False
+    return True
+
+
+def _conv_key(x, weight, bias, stride, padding, dilation, groups, layout, activation):
+    """The cache key of a conv2d call, or None when its arguments are not all plain."""
+    if (
+        type(x) is not np.ndarray
+        or type(weight) is not np.ndarray
+        or not (bias is None or type(bias) is np.ndarray)
+        or not (_plain_option(stride) and _plain_option(padding) and _plain_option(dilation)
+                and type(groups) is int and _plain_option(layout)
+                and _plain_option(activation))
+    ):
+        return None
+    return (x.shape, x.dtype, weight.shape, weight.dtype,
+            None if bias is None else (bias.shape, bias.dtype),
+            stride, padding, dilation, groups, layout, activation)
+
+
+def _weight4(weight: np.ndarray, layout: str) -> np.ndarray:
+    """A 2-D (KH, KW) filter as a 4-D weight of one input and one output channel."""
+    if weight.ndim != 2:
+        return weight
+    return weight[np.newaxis, np.newaxis] if layout == "NCHW" else weight[:, :, np.newaxis, np.newaxis]
+
+
 def conv_args(
     x, weight, bias, stride, padding, dilation, groups, layout, activation, func="conv2d"
 ) -> ConvArgs:
     """Validate and normalise the arguments of ``conv2d`` (and its reference)."""
+    key = _conv_key(x, weight, bias, stride, padding, dilation, groups, layout, activation)
+    known = _conv_cache.get(key) if key is not None else None
+    if known is None:
+        args = _check_conv_args(x, weight, bias, stride, padding, dilation, groups, layout,
+                                activation, func)
+        if key is not None:
+            if len(_conv_cache) >= CONV_CACHE_SIZE:
+                _conv_cache.clear()
+            _conv_cache[key] = (args.layout, args.activation, args.groups, args.c_out,
+                                args.dtype, args.geometry)
+        return args
+    layout, activation, groups, c_out, dtype, geometry = known
+    x4, restore = batched(x, layout, func, allow_2d=True)
+    return ConvArgs(
+        x=x4.astype(dtype, copy=False),
+        weight=_weight4(weight, layout).astype(dtype, copy=False),
+        bias=None if bias is None else bias.astype(dtype, copy=False),
+        geometry=geometry, groups=groups, c_out=c_out, layout=layout, activation=activation,
+        dtype=dtype, restore=restore,
+    )
+
+
+def _check_conv_args(
+    x, weight, bias, stride, padding, dilation, groups, layout, activation, func
+) -> ConvArgs:
+    """Every check of :func:`conv_args`, on any array-likes and option values."""
     layout = normalize_layout(layout, func)
     activation = normalize_choice(activation, ACTIVATIONS, "activation", func)
     x = as_array(x, "x", func)
@@ -446,9 +535,7 @@ def conv_args(
                 f"(x shape {x.shape}, weight shape {weight.shape})"
             )
         x4, restore = batched(x, layout, func, allow_2d=True)
-        weight4 = (
-            weight[np.newaxis, np.newaxis] if layout == "NCHW" else weight[:, :, np.newaxis, np.newaxis]
-        )
+        weight4 = _weight4(weight, layout)
     else:
         x4, restore = batched(x, layout, func, allow_2d=True)
         weight4 = weight

@@ -327,21 +327,12 @@ def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int):
     reused scratch buffer (see _scratch_array)."""
     groups, cog = args.groups, args.c_out // args.groups
     k = w.size // args.c_out
-    full = cog // block
-    rest = cog - full * block
     packed = _scratch_array("weight", (groups, n_cb, k, block), args.dtype)
     if args.layout == "NHWC":
-        wk = w.reshape(k, groups, cog)        # HWIO: K = (kh, kw, ci) rows
-        head = wk[:, :, : full * block].reshape(k, groups, full, block).transpose(1, 2, 0, 3)
-        tail = wk[:, :, full * block:].transpose(1, 0, 2)
+        wk = w.reshape(k, groups, cog).transpose(1, 2, 0)   # HWIO: K = (kh, kw, ci)
     else:
-        wk = w.reshape(groups, cog, k)        # OIHW: K = (ci, kh, kw) columns
-        head = wk[:, : full * block].reshape(groups, full, block, k).transpose(0, 1, 3, 2)
-        tail = wk[:, full * block:].transpose(0, 2, 1)
-    packed[:, :full] = head
-    if rest:
-        packed[:, full, :, :rest] = tail
-        packed[:, full, :, rest:] = 0
+        wk = w.reshape(groups, cog, k)                      # OIHW: K = (ci, kh, kw)
+    _blocked.pack_weight(wk, packed)
     return packed
 
 

@@ -71,6 +71,29 @@ def block_sizes(Py_ssize_t itemsize):
 
 
 # --------------------------------------------------------------------------------------------
+# weight packing
+
+def pack_weight(
+    const floating[:, :, :] w,             # IN  (groups, C_out/groups, K), any strides
+    floating[:, :, :, ::1] packed,         # OUT (groups, co blocks, K, block width)
+):
+    """Pack the weight into the layout the micro-kernels stream: for each group and block of
+    ``block`` output channels, K rows of ``block`` weights; columns past the group's last
+    channel are zero. (A loop here costs well under a microsecond on a small layer, where
+    the same packing with NumPy slicing took 5.)"""
+    cdef Py_ssize_t groups = w.shape[0], cog = w.shape[1], K = w.shape[2]
+    cdef Py_ssize_t n_cb = packed.shape[1], block = packed.shape[3]
+    cdef Py_ssize_t g, cb, k, j, co
+    with nogil:
+        for g in range(groups):
+            for cb in range(n_cb):
+                for k in range(K):
+                    for j in range(block):
+                        co = cb * block + j
+                        packed[g, cb, k, j] = w[g, co, k] if co < cog else 0
+
+
+# --------------------------------------------------------------------------------------------
 # image preparation
 
 cdef inline void _prep_nchw_plane(
