@@ -5,9 +5,10 @@ Run it twice and compare (OPENBLAS_* unset because this machine's settings slow 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/thread_pools.py
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE GOMP_SPINCOUNT=300000 python benchmarks/thread_pools.py
 
-The first uses fastconv's default (idle OpenMP threads sleep: ``GOMP_SPINCOUNT=0``), the second
-libgomp's own default, where idle threads spin for milliseconds after every parallel region and
-compete with OpenBLAS's spinning threads. The loop alternates fastconv calls with a NumPy
+The first uses fastconv's default (idle OpenMP threads spin for a few microseconds, then
+sleep: ``GOMP_SPINCOUNT=300``; ``GOMP_SPINCOUNT=0`` sleeps at once), the second libgomp's own
+default, where idle threads spin for milliseconds after every parallel region and compete with
+OpenBLAS's spinning threads. The loop alternates fastconv calls with a NumPy
 matmul, as a training step does; the table shows the median time of each step in ms.
 """
 

@@ -1,11 +1,19 @@
-"""Make libgomp's idle threads sleep instead of spin; must run before the kernels load.
+"""Make libgomp's idle threads spin only briefly; must run before the kernels load.
 
 By default libgomp's worker threads spin for several milliseconds after every parallel region.
 NumPy's OpenBLAS does the same after every GEMM. On a machine with few cores the two pools then
 fight: a NumPy ``@`` right after a fastconv call, or the im2col GEMM right after a pooling call,
 ran 4-5x slower in our measurements (a 512x512 float32 matmul 4.5 ms instead of 0.8 ms on
-2 cores). With ``GOMP_SPINCOUNT=0`` idle threads sleep at once, and waking them costs a few
-microseconds per call instead.
+2 cores).
+
+Sleeping at once (``GOMP_SPINCOUNT=0``) avoids that but makes every parallel region and every
+barrier wake a sleeping thread, which on a virtual machine costs 10-40 us each time. A call
+of a few hundred microseconds has one or two of them per thread: a VGG layer at batch 1 took
+0.72-0.82 ms instead of 0.63-0.75, a ReLU on 3 MB 0.11 ms instead of 0.05.
+``GOMP_SPINCOUNT=300`` (a few microseconds of spinning) keeps the team awake across a call's
+own barriers and between back-to-back calls, and is too short to fight OpenBLAS: the mixed
+NumPy/fastconv loop of ``benchmarks/thread_pools.py`` took 2.8-3.1 ms per step, against 3.0
+with 0 and 3.5 with 1000 (2 cores; see the README's Threads section).
 
 libgomp reads the variable once, when it is loaded, so this module runs first in
 ``fastconv/__init__.py``. It changes nothing when the user chose a policy (``OMP_WAIT_POLICY``
@@ -17,6 +25,8 @@ inherit it; it only tunes libgomp's idle waiting, never results.
 import os
 
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# Spin iterations (``pause`` instructions) of an idle libgomp thread before it sleeps.
+SPINCOUNT = "300"
 
 
 def libgomp_loaded() -> bool:
@@ -35,8 +45,8 @@ def configure() -> str:
         return ", ".join(chosen) + " (from the environment)"
     if libgomp_loaded():
         return "libgomp default (libgomp was loaded before fastconv)"
-    os.environ["GOMP_SPINCOUNT"] = "0"
-    return "GOMP_SPINCOUNT=0 (set by fastconv)"
+    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+    return f"GOMP_SPINCOUNT={SPINCOUNT} (set by fastconv)"
 
 
 POLICY = configure()

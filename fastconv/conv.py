@@ -50,8 +50,18 @@ BLOCKED_MIN_CHANNELS = {"NCHW": 4, "NHWC": 4}
 SCRATCH_CACHE_BYTES = 64 * 2**20
 _scratch = threading.local()
 
-# Multiply-adds worth a thread of the blocked kernel (below that one thread does it all).
-BLOCKED_MACS_PER_THREAD = 200_000
+# Multiply-adds worth a thread of the blocked kernel (below that one thread does it all), when
+# whole images go to each thread (one parallel region per call), and when one image is split
+# over the team (two regions per image). Starting a team and meeting at its barriers costs
+# 10-40 us per region on a virtual machine. Measured on 2 cores (one thread against two, 3x3
+# layers): whole images pay off from about 10M multiply-adds (64->64 14x14, batch 2: 196 against
+# 157 us; 32->32 16x16, batch 2, 4.7M: 71 against 97), a split image from about 30M (64->64
+# 28x28, batch 1: 363 against 323 us; 32->64 28x28, 14M: 172 against 292).
+BLOCKED_MACS_PER_THREAD = 5_000_000
+BLOCKED_SPLIT_MACS_PER_THREAD = 15_000_000
+# The same for the one-output-channel kernel (one region per call; memory-bound, so a thread
+# pays off sooner: depthwise 3x3 at batch 1, 3.6M, ran 1.2-1.7x faster on two).
+PLANES_MACS_PER_THREAD = 200_000
 
 # Below this many output channels the direct NHWC path runs the NCHW kernel on transposed
 # copies (see _conv_direct).
@@ -107,8 +117,8 @@ def conv2d(
         the window. ``"im2col"`` builds the column matrix tile by tile and multiplies with
         NumPy's BLAS. ``"auto"`` chooses by layer shape and size (see
         :func:`fastconv.conv.choose_algorithm`): the blocked kernel for dense layers, im2col
-        for NCHW 1x1 layers and calls under about a million multiply-adds. All give the same
-        answers up to rounding.
+        for NCHW 1x1 layers and for most NHWC calls under about a million multiply-adds. All
+        give the same answers up to rounding.
     out : ndarray, optional
         Written in place and returned; must have the exact result shape and dtype.
     num_threads : int, optional
@@ -178,20 +188,24 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
 
     Measured with ``python -m fastconv bench --algorithms all`` (2-core AVX-512 machine): the
     blocked direct kernel beats im2col + BLAS by 1.5-3x on every dense suite layer at batch
-    32, and at batch 1 on all but the smallest. im2col stays ahead on calls of under about
-    a million multiply-adds (LeNet at batch 1: 30 against 60 us, mostly the blocked path's
-    weight packing), on NCHW 1x1 layers (x itself is the column matrix: no copy at all), on
-    small NHWC 1x1 calls (ResNet 1x1 at batch 1: 0.30 against 0.53 ms; at batch 32 the blocked
-    kernel is 10% faster) and on NHWC layers with at most half a channel block of outputs and
-    a long reduction (LeNet conv2 at batch 32: 0.15 against 0.23 ms; LeNet conv1, reduction 25,
-    stays direct: 0.28 against 0.81 ms).
+    32, and at batch 1 on all but the smallest. im2col stays ahead on NCHW 1x1 layers (x is
+    already the column matrix: no copy at all), on small NHWC 1x1 calls (ResNet 1x1 at batch
+    1: 0.30 against 0.53 ms; at batch 32 the blocked kernel is 10% faster) and on NHWC layers
+    with at most half a channel block of outputs and a long reduction (LeNet conv2 at batch
+    32: 0.15 against 0.23 ms; LeNet conv1, reduction 25, stays direct: 0.28 against 0.81 ms).
+    Calls under about a million multiply-adds follow the older rule (_gemm_or_loops), except
+    NCHW ones with at least a pixel block of outputs per image, where the blocked kernel on
+    one thread wins (LeNet at batch 1: conv1 17 against 21 us, conv2 19 against 25; 32->32
+    8x8: 28 against 37; but 64->64 4x4, 16 pixels: 63 against 38).
     """
     if not _uses_blocked(args):
         return _gemm_or_loops(args)
     g = args.geometry
-    cog = args.c_out // args.groups
     macs = _macs(args)
     if macs < AUTO_BLOCKED_MIN_MACS:
+        if (args.layout == "NCHW" and not _is_pointwise(g)
+                and g.out_pixels >= _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]):
+            return "direct"
         return _gemm_or_loops(args)
     if _is_pointwise(g):
         return "direct" if args.layout == "NHWC" and macs >= AUTO_POINTWISE_MIN_MACS else "im2col"
@@ -380,10 +394,10 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
         return
     off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len = _blocked_plan(args)
     wpack = _pack_blocked_weight(w, args, n_cb, block)
-    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks)
+    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks, _whole_images(g.n, n_threads))
     # Whole images per thread when they share out evenly enough; else one image at a time,
     # split into (group, pixel chunk) items.
-    per_image = threads > 1 and (g.n % threads == 0 or g.n >= 4 * threads)
+    per_image = threads > 1 and _whole_images(g.n, threads)
     xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
     # Every image preparation rewrites its first `prepared` elements; the slack after them
     # (read by the last NCHW pixel block, never stored) must hold finite values.
@@ -394,10 +408,19 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
                             args.activation == "relu", threads, out_nhwc)
 
 
-def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int) -> int:
+def _whole_images(n: int, threads: int) -> bool:
+    """Whether a batch of ``n`` images shares out evenly enough over ``threads`` for each
+    thread to take whole images."""
+    return n % threads == 0 or n >= 4 * threads
+
+
+def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int,
+                     one_region: bool) -> int:
     """Threads for a blocked call with ``items`` (channel block, pixel block) pairs per image
-    and group."""
-    return _threads.for_work(n_threads, _macs(args) // BLOCKED_MACS_PER_THREAD,
+    and group; ``one_region``: the call is one parallel region (whole images per thread, or
+    an image that needs no preparation), not two per image."""
+    per_thread = BLOCKED_MACS_PER_THREAD if one_region else BLOCKED_SPLIT_MACS_PER_THREAD
+    return _threads.for_work(n_threads, _macs(args) // per_thread,
                              args.geometry.n * args.groups * items, min_per_thread=1)
 
 
@@ -434,7 +457,7 @@ def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         out4 = out4.reshape(g.n, 1, g.out_h, g.out_w)
     off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, args.groups,
                                                             args.dtype.itemsize)
-    threads = _threads.for_work(n_threads, _macs(args) // BLOCKED_MACS_PER_THREAD,
+    threads = _threads.for_work(n_threads, _macs(args) // PLANES_MACS_PER_THREAD,
                                 g.n * args.groups, min_per_thread=1)
     xs_buf = _scratch_array("image", (threads, buf_len), args.dtype)
     xs_buf[:, prepared:] = 0
@@ -453,7 +476,7 @@ def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: 
     off = np.ascontiguousarray(np.arange(groups)[:, None] * cig + np.arange(cig), dtype=np.intp)
     pixels = g.n * g.h * g.w
     n_qblocks = -(-pixels // sizes["ch_pixels"])
-    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks)
+    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks, True)
     _blocked.conv2d_blocked(
         x.reshape(1, pixels, 1, g.c), _pack_blocked_weight(w, args, n_cb, sizes["ch_cols"]),
         off, bias, out4.reshape(1, pixels, 1, args.c_out), np.zeros((1, 1), dtype=args.dtype),

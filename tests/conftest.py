@@ -27,3 +27,15 @@ def pytest_report_header(config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def small_thread_thresholds(monkeypatch):
+    """Let small test problems run on several threads: the blocked kernels' production
+    thresholds keep calls of under millions of multiply-adds on one thread, which would leave
+    thread-count tests comparing one thread with itself."""
+    from fastconv import conv
+
+    for name in ("BLOCKED_MACS_PER_THREAD", "BLOCKED_SPLIT_MACS_PER_THREAD",
+                 "PLANES_MACS_PER_THREAD"):
+        monkeypatch.setattr(conv, name, 1)

@@ -375,10 +375,10 @@ def _import_in_subprocess(env_updates, drop=()):
     return json.loads(out.stdout)
 
 
-def test_idle_openmp_threads_sleep_by_default():
+def test_idle_openmp_threads_spin_briefly_by_default():
     spincount, policy = _import_in_subprocess({})
-    assert spincount == "0"
-    assert policy == "GOMP_SPINCOUNT=0 (set by fastconv)"
+    assert spincount == "300"
+    assert policy == "GOMP_SPINCOUNT=300 (set by fastconv)"
 
 
 @pytest.mark.parametrize("variable, value", [("OMP_WAIT_POLICY", "active"),
@@ -409,3 +409,64 @@ def test_long_double_is_refused(impl):
 def test_groups_type_error_names_the_argument(value):
     with pytest.raises(TypeError, match=r"conv2d: groups must be an int, got"):
         fastconv.conv2d(np.ones((1, 2, 4, 4)), np.ones((2, 1, 3, 3)), groups=value)
+
+
+# --------------------------------------------------------------------------------------------
+# conv2d's cache of validated arguments (fastconv/_validate.py: conv_args)
+
+
+def _conv_ok(*args, **kw):
+    """Warm the cache with a valid call of these shapes, and check it against the reference."""
+    got = fastconv.conv2d(*args, **kw)
+    np.testing.assert_allclose(got, reference.conv2d(*args, **kw), rtol=1e-5, atol=1e-5)
+    return got
+
+
+@pytest.mark.parametrize("impl", [fastconv, reference], ids=["fastconv", "reference"])
+@pytest.mark.parametrize("name, bad, good", [
+    ("groups", True, 1),                           # True == 1 and hashes like it
+    ("stride", 1.0, 1),                            # 1.0 == 1
+    ("stride", (1, True), (1, 1)),
+    ("padding", (True, 1), (1, 1)),
+    ("padding", ((1, 1), (1.0, 1)), ((1, 1), (1, 1))),
+    ("dilation", 1.0, 1),
+])
+def test_values_equal_to_a_cached_call_are_still_checked(impl, name, bad, good):
+    x = np.ones((1, 2, 6, 6), np.float32)
+    w = np.ones((4, 2, 3, 3), np.float32)
+    kwargs = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1}
+    _conv_ok(x, w, **{**kwargs, name: good})
+    _conv_ok(x, w, **{**kwargs, name: good})       # now certainly from the cache
+    with pytest.raises(TypeError, match=name):
+        impl.conv2d(x, w, **{**kwargs, name: bad})
+
+
+def test_cached_arguments_follow_dtype_rank_bias_and_layout():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    for _ in range(2):
+        assert _conv_ok(x, w, padding=1).dtype == np.float32
+        assert _conv_ok(x.astype(np.float64), w, padding=1).dtype == np.float64
+        assert _conv_ok(x.astype(">f4"), w.astype(">f4"), padding=1).dtype == np.float32
+        assert _conv_ok(x, w, b, padding=1).shape == (2, 4, 7, 7)
+        assert _conv_ok(x[0], w, padding=1).shape == (4, 7, 7)                 # one image
+        assert _conv_ok(x[0, 0], w[0, 0], padding=1).shape == (7, 7)           # 2-D
+        assert _conv_ok(x[0, 0], w[0, 0], padding=1, layout="NHWC").shape == (7, 7)
+        assert _conv_ok(x, w, padding="same", activation="relu").min() >= 0
+        # Lists and NumPy integers are not cached, and still accepted.
+        _conv_ok(x, w, padding=[1, 1], stride=np.int64(2))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fastconv.conv2d(x, w, b[:3], padding=1)
+    with pytest.raises(ValueError, match="channels"):
+        fastconv.conv2d(x[:, :2], w, padding=1)
+
+
+def test_conv_argument_cache_is_bounded():
+    from fastconv import _validate
+
+    w = np.ones((1, 1, 1, 1), np.float32)
+    for size in range(1, _validate.CONV_CACHE_SIZE + 20):
+        fastconv.conv2d(np.ones((1, 1, 1, size), np.float32), w)
+    assert 0 < len(_validate._conv_cache) <= _validate.CONV_CACHE_SIZE

@@ -294,6 +294,7 @@ def _grad_x_blocked(g, w, layout, case) -> bool:
     return transposed is not None and conv_module._uses_blocked(transposed)
 
 
+@pytest.mark.usefixtures("small_thread_thresholds")
 @pytest.mark.parametrize("case", BLOCKED_GRAD_X_CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -416,6 +417,7 @@ THREAD_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("small_thread_thresholds")
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("layout", LAYOUTS)

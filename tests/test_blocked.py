@@ -20,6 +20,9 @@ from _helpers import DTYPES, LAYOUTS, assert_close, oihw_to_hwio, to_nhwc
 conv_module = importlib.import_module("fastconv.conv")
 blocked = conv_module._blocked
 
+# Small problems here must run on several threads too (see the fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("small_thread_thresholds")
+
 
 def problem(layout, dtype, n, c_in, h, w, c_out, kernel, groups=1, seed=0):
     rng = np.random.default_rng(seed)
@@ -281,7 +284,12 @@ def test_auto_choice_for_large_calls(layout):
     older = "im2col" if half_block >= conv_module.AUTO_MIN_CHANNELS["NHWC"] else "direct"
     assert _auto(layout, 32, 64, 56, half_block, (3, 3)) == (
         older if layout == "NHWC" else "direct")
-    # Below the size threshold, the older rule.
+    # Below the size threshold, the older rule (NHWC; NCHW below a pixel block of outputs).
+    if layout == "NCHW":
+        pixels = block_sizes(np.float32)["pix_pixels"]
+        assert _auto(layout, 1, 1, 28, 6, (5, 5)) == "direct"          # LeNet conv1
+        assert _auto(layout, 1, 64, 4, 64, (3, 3)) == ("im2col" if pixels > 16 else "direct")
+        return
     assert _auto(layout, 1, 6, 14, 16, (5, 5)) == conv_module._gemm_or_loops(
         _validate.conv_args(np.zeros((1, 6, 14, 14) if layout == "NCHW" else (1, 14, 14, 6),
                                      np.float32),
@@ -365,3 +373,47 @@ def test_narrow_nhwc_grouped_layers_run_transposed(dtype, channels, multiplier):
                               algorithm="direct")
         want = reference.conv2d(x, weight, b, 1, 1, 1, channels, layout="NHWC")
         assert_close(got, want, dtype, 9)
+
+
+def _threads_passed(monkeypatch, call):
+    """The thread counts ``call`` passes to ``conv2d_blocked`` (its 18th argument,
+    ``n_threads``)."""
+    seen = []
+    kernel = blocked.conv2d_blocked
+
+    def spy(*args):
+        seen.append(args[17])
+        return kernel(*args)
+
+    monkeypatch.setattr(blocked, "conv2d_blocked", spy)
+    call()
+    return seen
+
+
+@pytest.mark.skipif(not fastconv.config()["openmp"], reason="built without OpenMP")
+def test_thread_count_tests_really_use_several_threads(monkeypatch):
+    x, wt, b = problem("NCHW", np.float32, 1, 6, 9, 10, 12, (3, 3))
+    seen = _threads_passed(monkeypatch, lambda: fastconv.conv2d(
+        x, wt, b, padding=1, algorithm="direct", num_threads=2))
+    assert seen == [2]
+
+
+@pytest.mark.skipif(not fastconv.config()["openmp"], reason="built without OpenMP")
+def test_production_thresholds_keep_small_calls_on_one_thread(monkeypatch):
+    """Two threads only when the work pays for starting them (see BLOCKED_MACS_PER_THREAD):
+    a one-image 32->32 16x16 layer (2.4M multiply-adds) stays on one, VGG's 64->64 56x56
+    (116M) takes two, as does a batch of two 64->64 14x14 images (14M, whole images)."""
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+
+    def threads(n, c, hw):
+        x = rng.standard_normal((n, c, hw, hw), dtype=np.float32)
+        w = rng.standard_normal((c, c, 3, 3), dtype=np.float32)
+        seen = _threads_passed(monkeypatch, lambda: fastconv.conv2d(
+            x, w, padding=1, algorithm="direct", num_threads=2))
+        monkeypatch.undo()
+        return seen
+
+    assert threads(1, 32, 16) == [1]
+    assert threads(1, 64, 56) == [2]
+    assert threads(2, 64, 14) == [2]
