@@ -528,22 +528,18 @@ def _check_conv_args(
     if groups < 1:
         raise ValueError(f"{func}: groups must be positive, got {groups}")
 
-    if x.ndim == 2 or weight.ndim == 2:
-        if x.ndim != 2 or weight.ndim != 2:
-            raise ValueError(
-                f"{func}: a 2-D x (H, W) needs a 2-D weight (KH, KW) and vice versa "
-                f"(x shape {x.shape}, weight shape {weight.shape})"
-            )
-        x4, restore = batched(x, layout, func, allow_2d=True)
-        weight4 = _weight4(weight, layout)
-    else:
-        x4, restore = batched(x, layout, func, allow_2d=True)
-        weight4 = weight
-        if weight.ndim != 4:
-            form = "(C_out, C_in/groups, KH, KW)" if layout == "NCHW" else "(KH, KW, C_in/groups, C_out)"
-            raise ValueError(
-                f"{func}: weight must be 4-D {form} for layout={layout!r}, got shape {weight.shape}"
-            )
+    if (x.ndim == 2) != (weight.ndim == 2):
+        raise ValueError(
+            f"{func}: a 2-D x (H, W) needs a 2-D weight (KH, KW) and vice versa "
+            f"(x shape {x.shape}, weight shape {weight.shape})"
+        )
+    x4, restore = batched(x, layout, func, allow_2d=True)
+    if weight.ndim not in (2, 4):
+        form = "(C_out, C_in/groups, KH, KW)" if layout == "NCHW" else "(KH, KW, C_in/groups, C_out)"
+        raise ValueError(
+            f"{func}: weight must be 4-D {form} for layout={layout!r}, got shape {weight.shape}"
+        )
+    weight4 = _weight4(weight, layout)
 
     if layout == "NCHW":
         c_out, c_in_g, kh, kw = weight4.shape
