@@ -29,8 +29,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_conv", "_blocked", "_conv_backward", "_im2col", "_pool", "_relu", "_openmp"]
-# The compute kernels, built once per ISA level (_openmp only reports the runtime).
+KERNELS = ["_conv", "_blocked", "_conv_backward", "_im2col", "_pool", "_relu", "_openmp", "_bufpool"]
+# The compute kernels, built once per ISA level (_openmp only reports the runtime, _bufpool
+# recycles output buffers).
 DISPATCHED = ["_conv", "_blocked", "_conv_backward", "_im2col", "_pool", "_relu"]
 # Per level: (GCC/Clang flags, MSVC flags). Keep in step with fastconv/_isa.py.
 ISA_LEVELS = {
@@ -234,7 +235,7 @@ directives = {
     "embedsignature": True,
 }
 
-C_HEADERS = ["_simd.h", "_blocked.h", "_pool.h"]
+C_HEADERS = ["_simd.h", "_blocked.h", "_pool.h", "_bufpool.h"]
 
 
 def kernel_extension(name, source):

@@ -18,6 +18,7 @@ True
 # First, before any kernel (and so libgomp) is loaded: see _openmp_env's docstring.
 from . import _openmp_env  # noqa: F401  isort: skip
 from . import reference
+from ._buffers import buffer_pool_info, clear_buffer_pool, set_buffer_pool
 from ._config import config, show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
@@ -39,6 +40,9 @@ __all__ = [
     "avg_pool2d_backward",
     "set_num_threads",
     "get_num_threads",
+    "set_buffer_pool",
+    "buffer_pool_info",
+    "clear_buffer_pool",
     "show_config",
     "config",
     "reference",

@@ -136,7 +136,7 @@ CONDITION_SHORT = {"default": "def", "tunables": "tun"}
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 ENV_VARS = OPENBLAS_VARS + (
     "GLIBC_TUNABLES", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
-    "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
+    "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "FASTCONV_CPU_LEVEL", "FASTCONV_BUFFER_POOL",
 )
 RECOMMENDED_COMMAND = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastconv bench"
 
@@ -1471,7 +1471,8 @@ def versions(torch_info: TorchInfo) -> Dict[str, Any]:
     cfg = fastconv.config()
     return {"fastconv": fastconv.__version__, "numpy": np.__version__, "blas": _blas_name(),
             "python": platform.python_version(), "openmp": cfg["openmp"],
-            "openmp_wait_policy": cfg["openmp_wait_policy"], "torch": torch_info.version,
+            "openmp_wait_policy": cfg["openmp_wait_policy"], "cpu_level": cfg["cpu_level"],
+            "buffer_pool_max_bytes": cfg["buffer_pool_max_bytes"], "torch": torch_info.version,
             "torch_reason": torch_info.reason or None}
 
 
@@ -1509,7 +1510,8 @@ def header_lines(plan: Plan, torch_info: TorchInfo, conditions: Sequence[str]) -
         f"({v['blas']}; BLAS threads: OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}) | {torch_text}",
         f"cpu: {_cpu_model()}, {_cores()} cores | OpenMP "
-        f"{'on' if v['openmp'] else 'off'}, wait policy: {v['openmp_wait_policy']}",
+        f"{'on' if v['openmp'] else 'off'}, wait policy: {v['openmp_wait_policy']} | kernels: "
+        f"{v['cpu_level']} | output buffer pool: {v['buffer_pool_max_bytes'] >> 20} MiB",
         f"malloc condition{'s' if len(conditions) > 1 else ''}: "
         + ", ".join(f"{c} (GLIBC_TUNABLES={GLIBC_TUNABLES_VALUE if c == 'tunables' else 'unset'})"
                     for c in conditions),

@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from . import _isa, _openmp_env, _threads
+from . import _buffers, _isa, _openmp_env, _threads
 from ._kernels import _openmp
 from ._version import __version__
 
@@ -26,7 +26,7 @@ def config() -> Dict[str, Any]:
     ``num_threads`` (the
     current default of every op), ``default_num_threads``, ``compiler``, ``compile_args``,
     ``link_args``, ``numpy_build_version``, ``numpy_runtime_version``, ``cython_version``,
-    ``python_version``.
+    ``python_version``, ``buffer_pool_max_bytes`` (see :func:`fastconv.set_buffer_pool`).
 
     Examples
     --------
@@ -44,6 +44,7 @@ def config() -> Dict[str, Any]:
         "cpu_dispatch": _isa.describe(),
         "num_threads": _threads.get_num_threads(),
         "default_num_threads": _threads.default_num_threads(),
+        "buffer_pool_max_bytes": _buffers.buffer_pool_info()["max_bytes"],
         "compiler": BUILD_INFO.get("compiler", "unknown"),
         "compile_args": list(BUILD_INFO.get("compile_args", [])),
         "link_args": list(BUILD_INFO.get("link_args", [])),

@@ -15,6 +15,8 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from . import _buffers
+
 LAYOUTS = ("NCHW", "NHWC")
 ALGORITHMS = ("auto", "direct", "im2col")
 ACTIVATIONS = (None, "relu")
@@ -403,7 +405,8 @@ def kernel_target(out: Optional[np.ndarray], shape, dtype, *inputs: np.ndarray) 
     """The C-contiguous array a kernel writes into.
 
     ``out`` itself when it is C-contiguous and shares no memory with the inputs, otherwise a
-    fresh array (copied into ``out`` afterwards by :func:`deliver`).
+    fresh array (copied into ``out`` afterwards by :func:`deliver`), from the output buffer
+    pool when it is large (see :mod:`fastconv._buffers`).
     """
     if (
         out is not None
@@ -411,7 +414,7 @@ def kernel_target(out: Optional[np.ndarray], shape, dtype, *inputs: np.ndarray) 
         and not any(np.may_share_memory(out, a) for a in inputs)
     ):
         return out
-    return np.empty(shape, dtype=dtype)
+    return _buffers.empty(shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------

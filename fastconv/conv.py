@@ -11,7 +11,7 @@ from typing import Iterable, Literal, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _threads, _validate
+from . import _buffers, _threads, _validate
 from ._validate import IntPair, PaddingArg
 from ._isa import kernel_module
 
@@ -753,7 +753,7 @@ def conv2d_backward(
         # _transposed_conv_args).
         transposed = _transposed_conv_args(gy, wc, args) if algorithm == "direct" else None
         if transposed is not None:
-            grad_x_blocked = np.empty(args.x.shape, dtype=args.dtype)
+            grad_x_blocked = _buffers.empty(args.x.shape, args.dtype)
             with np.errstate(**_validate.IEEE_SILENT):
                 _conv_blocked(np.ascontiguousarray(transposed.x), transposed.weight,
                               np.empty(0, dtype=args.dtype), grad_x_blocked, transposed,

@@ -7,7 +7,7 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _threads, _validate
+from . import _buffers, _threads, _validate
 from ._validate import IntPair, PaddingArg
 from ._isa import kernel_module
 
@@ -244,7 +244,7 @@ def max_pool2d_backward(
     args, g = grad.pool, grad.pool.geometry
     if indices4 is None:
         _validate.check_index_offsets(args, func)
-    grad_x = np.empty(args.x.shape, dtype=args.dtype)
+    grad_x = _buffers.empty(args.x.shape, args.dtype)
     empty = np.empty((0, 0, 0, 0), dtype=args.dtype)
     source = empty if indices4 is not None else np.ascontiguousarray(args.x)
     if indices4 is None:
@@ -303,7 +303,7 @@ def avg_pool2d_backward(
     n_threads = _threads.resolve(num_threads, func)
     divisor = _validate.avg_divisor(divisor_override, func)
     args, g = grad.pool, grad.pool.geometry
-    grad_x = np.empty(args.x.shape, dtype=args.dtype)
+    grad_x = _buffers.empty(args.x.shape, args.dtype)
     kernel = _pool.avg_pool_backward_nchw if args.layout == "NCHW" else _pool.avg_pool_backward_nhwc
     threads = _backward_threads(g, args.layout, n_threads)
     if args.layout == "NHWC":

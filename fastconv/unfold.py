@@ -7,7 +7,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _threads, _validate
+from . import _buffers, _threads, _validate
 from ._validate import IntPair, PaddingArg
 from ._isa import kernel_module
 
@@ -62,7 +62,7 @@ def im2col(
     func = "im2col"
     x4, g, layout = _validate.im2col_args(x, kernel_size, stride, padding, dilation, layout, func)
     n_threads = _threads.resolve(num_threads, func)
-    cols = np.empty(_validate.cols_shape(g), dtype=x4.dtype)
+    cols = _buffers.empty(_validate.cols_shape(g), x4.dtype)
     kernel = _im2col.im2col_nchw if layout == "NCHW" else _im2col.im2col_nhwc
     threads = _threads.for_work(n_threads, cols.size, cols.shape[0])
     kernel(np.ascontiguousarray(x4), cols, 0, 0, *g.window_args(), threads)
@@ -115,7 +115,7 @@ def col2im(
                                              dilation, layout, func)
     n_threads = _threads.resolve(num_threads, func)
     shape4 = _validate.spatial_shape(g.n, g.c, g.h, g.w, layout)
-    x = np.empty(shape4, dtype=cols2.dtype)
+    x = _buffers.empty(shape4, cols2.dtype)
     kernel = _im2col.col2im_nchw if layout == "NCHW" else _im2col.col2im_nhwc
     rows = g.n * g.h * (g.c if layout == "NCHW" else 1)
     threads = _threads.for_work(n_threads, cols2.size, rows)

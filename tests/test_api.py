@@ -21,7 +21,8 @@ from fastconv import _threads, reference
 
 OPS = ("conv2d", "relu", "max_pool2d", "avg_pool2d", "im2col", "col2im", "conv2d_backward",
        "relu_backward", "max_pool2d_backward", "avg_pool2d_backward")
-PUBLIC = set(OPS) | {"set_num_threads", "get_num_threads", "show_config", "config"}
+PUBLIC = set(OPS) | {"set_num_threads", "get_num_threads", "show_config", "config",
+                     "set_buffer_pool", "buffer_pool_info", "clear_buffer_pool"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -158,6 +159,7 @@ CONFIG_TYPES = {
     "cpu_dispatch": str,
     "num_threads": int,
     "default_num_threads": int,
+    "buffer_pool_max_bytes": int,
     "compiler": str,
     "compile_args": list,
     "link_args": list,
@@ -179,6 +181,7 @@ def test_config_keys_and_types():
     assert cfg["num_threads"] >= 1 and cfg["default_num_threads"] >= 1
     assert cfg["numpy_runtime_version"] == np.__version__
     assert cfg["python_version"] == platform.python_version()
+    assert cfg["buffer_pool_max_bytes"] == fastconv.buffer_pool_info()["max_bytes"]
 
 
 def test_config_follows_set_num_threads():
@@ -322,6 +325,7 @@ def _doctest_modules():
     ``fastconv.im2col`` is the function (which shadows a module of the same name)."""
     names = ["fastconv", "fastconv.conv", "fastconv.pooling", "fastconv.activation",
              fastconv.im2col.__module__, "fastconv._threads", "fastconv._config",
+             "fastconv._buffers",
              "fastconv.reference"]
     return list(dict.fromkeys(names))
 
