@@ -265,8 +265,11 @@ def _max_bytes_in_subprocess(value):
     env = dict(os.environ, FASTCONV_BUFFER_POOL=value)
     code = ("import warnings; warnings.simplefilter('always');"
             "import fastconv; print(fastconv.buffer_pool_info()['max_bytes'])")
+    # From the directory holding the package under test: from the repository root, `-c`
+    # would import the (unbuilt) source tree instead.
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, check=True)
+                         timeout=120, check=True,
+                         cwd=os.path.dirname(os.path.dirname(fastconv.__file__)))
     return int(out.stdout.strip()), out.stderr
 
 
