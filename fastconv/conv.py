@@ -62,6 +62,10 @@ BLOCKED_SPLIT_MACS_PER_THREAD = 15_000_000
 # The same for the one-output-channel kernel (one region per call; memory-bound, so a thread
 # pays off sooner: depthwise 3x3 at batch 1, 3.6M, ran 1.2-1.7x faster on two).
 PLANES_MACS_PER_THREAD = 200_000
+# Bands of the one-output-channel kernel: the prepared rows of one band fit in this much
+# cache (half the 512 KiB L2 of a Zen 3 core), and a band has at least this many output rows.
+PLANE_BAND_BYTES = 256 * 2**10
+PLANE_BAND_MIN_ROWS = 8
 
 # Below this many output channels the direct NHWC path runs the NCHW kernel on transposed
 # copies (see _conv_direct).
@@ -431,39 +435,70 @@ def _uses_planes(args: _validate.ConvArgs) -> bool:
     return args.c_out == args.groups and (args.layout == "NCHW" or args.geometry.c == 1)
 
 
+def _plane_band_rows(g: _validate.Geometry, groups: int, itemsize: int, n_threads: int) -> int:
+    """Output rows per work item of the one-output-channel kernel: the whole plane (out_h), or
+    for stride 1 and one input channel per group, equal bands whose prepared rows fit in
+    PLANE_BAND_BYTES, rounded up to a multiple of the threads per plane when the batch has
+    fewer planes than threads (one 512x512 image: 6 bands, 3 per thread on 2 threads). No
+    band is shorter than PLANE_BAND_MIN_ROWS."""
+    if g.stride_h != 1 or g.stride_w != 1 or g.c != groups:
+        return g.out_h
+    ws = _prepared_grid(g)[1]
+    reach = (g.kernel_h - 1) * g.dilation_h
+    fit = max(PLANE_BAND_MIN_ROWS, PLANE_BAND_BYTES // (ws * itemsize) - reach)
+    bands = -(-g.out_h // fit)
+    planes = g.n * groups
+    if planes < n_threads:   # a whole number of bands for each thread of a plane
+        per_plane = -(-n_threads // planes)
+        bands = -(-bands // per_plane) * per_plane
+    rows = max(PLANE_BAND_MIN_ROWS, -(-g.out_h // bands))
+    return min(rows, g.out_h)
+
+
 @functools.lru_cache(maxsize=256)
-def _planes_plan(g: _validate.Geometry, groups: int, itemsize: int):
+def _planes_plan(g: _validate.Geometry, groups: int, itemsize: int, band_rows: int):
     """``(off, Hs, Ws, n_qblocks, prepared, buf_len)`` of the one-output-channel kernel: the
-    tap offsets into one group's prepared plane (read-only), its pixel blocks, and the
-    scratch row it needs (see _blocked_plan)."""
+    tap offsets into one group's prepared plane (read-only), the pixel blocks of one work item
+    (a plane, or a band of ``band_rows`` output rows) and the scratch row it needs (see
+    _blocked_plan)."""
     cig = g.c // groups
     hs, ws = _prepared_grid(g)
     off = _tap_offsets(g, cig, cig, False)
     q_block = _blocked.block_sizes(itemsize)["plane_pixels"]
-    n_qblocks = -(-(g.out_h * ws) // q_block)
-    prepared = g.stride_h * g.stride_w * cig * hs * ws
+    n_qblocks = -(-(band_rows * ws) // q_block)
+    if band_rows < g.out_h:   # the band's rows and the kernel's reach below them
+        prepared = (band_rows + (g.kernel_h - 1) * g.dilation_h) * ws
+    else:
+        prepared = g.stride_h * g.stride_w * cig * hs * ws
     return off, hs, ws, n_qblocks, prepared, _slack_len(prepared, n_qblocks * q_block, off)
 
 
 def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
     """Depthwise and single-filter convolution: one (image, group) per work item, its input
     channels prepared (padded, stride-split) into a per-thread scratch plane, then one
-    output plane computed with the one-channel micro-kernel (see ``conv2d_planes``)."""
+    output plane computed with the one-channel micro-kernel (see ``conv2d_planes``); large
+    planes, or fewer planes than threads, are split into bands of output rows (see
+    _plane_band_rows)."""
     g = args.geometry
     if g.n == 0 or g.out_pixels == 0:
         return
     if args.layout == "NHWC":   # one channel: the same memory as NCHW
         x = x.reshape(g.n, 1, g.h, g.w)
         out4 = out4.reshape(g.n, 1, g.out_h, g.out_w)
-    off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, args.groups,
-                                                            args.dtype.itemsize)
-    threads = _threads.for_work(n_threads, _macs(args) // PLANES_MACS_PER_THREAD,
-                                g.n * args.groups, min_per_thread=1)
+    itemsize = args.dtype.itemsize
+    band_rows = _plane_band_rows(g, args.groups, itemsize, n_threads)
+    off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, args.groups, itemsize,
+                                                            band_rows)
+    items = g.n * args.groups * -(-g.out_h // band_rows)
+    threads = _threads.for_work(n_threads, _macs(args) // PLANES_MACS_PER_THREAD, items,
+                                min_per_thread=1)
     xs_buf = _scratch_array("image", (threads, buf_len), args.dtype)
-    xs_buf[:, prepared:] = 0
+    # Zeroed past what a work item prepares; a band's last block may also read rows of the
+    # buffer that its own preparation did not write (it discards those outputs).
+    xs_buf[:, 0 if band_rows < g.out_h else prepared:] = 0
     _blocked.conv2d_planes(x, w.reshape(args.c_out, -1), off, bias, out4, xs_buf, g.stride_h,
-                           g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
-                           args.activation == "relu", threads)
+                           g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks, band_rows,
+                           prepared // ws, args.activation == "relu", threads)
 
 
 def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:

@@ -147,6 +147,60 @@ def test_one_channel_kernel_is_bit_identical_for_any_thread_count(layout):
         np.testing.assert_array_equal(other, results[0])
 
 
+BAND_CASES = [   # (n, c = groups, h, w, kernel, kw): stride 1, one input channel per group
+    (1, 1, 61, 37, (3, 3), dict(padding=1)),
+    (1, 1, 50, 70, (5, 3), dict(padding=((3, 1), (0, 2)), dilation=(2, 1))),
+    (3, 2, 29, 9, (3, 3), {}),                       # no padding: the last band is short
+    (1, 1, 40, 33, (1, 1), {}),
+    (1, 1, 23, 23, (7, 7), dict(padding="same", dilation=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c, h, w, kernel, kw", BAND_CASES)
+@pytest.mark.parametrize("band_bytes", [1, 2000, 2**20])
+def test_one_channel_kernel_in_row_bands(monkeypatch, dtype, n, c, h, w, kernel, kw,
+                                         band_bytes):
+    """Large planes (or fewer planes than threads) are split into bands of output rows, each
+    prepared and computed on its own: the results must be the reference's and bit-identical
+    to the unbanded plane, for any band height (band_bytes 1: PLANE_BAND_MIN_ROWS rows) and
+    any thread count."""
+    x, wt, b = problem("NCHW", dtype, n, c, h, w, c, kernel, groups=c)
+    whole = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=1,
+                            activation="relu", **kw)
+    monkeypatch.setattr(conv_module, "PLANE_BAND_BYTES", band_bytes)
+    args = _validate.conv_args(x, wt, b, 1, kw.get("padding", 0), kw.get("dilation", 1), c,
+                               "NCHW", "relu", "test")
+    g = args.geometry
+    bands = {t: -(-g.out_h // conv_module._plane_band_rows(g, c, x.itemsize, t))
+             for t in (1, 2, 3)}
+    if band_bytes == 1:
+        assert bands[1] > 1     # really banded
+    if n * c < 3:   # each of 3 threads gets a band, unless the bands would be too short
+        assert bands[3] >= min(-(-3 // (n * c)), g.out_h // conv_module.PLANE_BAND_MIN_ROWS)
+    want = reference.conv2d(x, wt, b, groups=c, activation="relu", **kw)
+    for threads in (1, 2, 3):
+        got = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=threads,
+                              activation="relu", **kw)
+        assert_close(got, want, dtype, kernel[0] * kernel[1], err_msg=f"{threads} threads")
+        np.testing.assert_array_equal(got, whole)
+
+
+def test_band_rows_rule():
+    x = np.zeros((1, 1, 512, 512), np.float32)
+    w = np.zeros((1, 1, 3, 3), np.float32)
+    g = _validate.conv_args(x, w, None, 1, 1, 1, 1, "NCHW", None, "test").geometry
+    rows = {t: conv_module._plane_band_rows(g, 1, 4, t) for t in (1, 2)}
+    # 514 padded columns of float32: 125 rows fit in 256 KiB -> 5 bands, 6 on 2 threads.
+    assert rows == {1: 103, 2: 86}
+    strided = _validate.conv_args(x, w, None, 2, 1, 1, 1, "NCHW", None, "test").geometry
+    assert conv_module._plane_band_rows(strided, 1, 4, 2) == strided.out_h
+    small = _validate.conv_args(np.zeros((32, 128, 56, 56), np.float32),
+                                np.zeros((128, 1, 3, 3), np.float32), None, 1, 1, 1, 128,
+                                "NCHW", None, "test").geometry
+    assert conv_module._plane_band_rows(small, 128, 4, 2) == 56   # dw_3x3: whole planes
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels", [8, 9, 64, 70, 130])
 @pytest.mark.parametrize("kernel, kw", [

@@ -98,15 +98,15 @@ def pack_weight(
 
 cdef inline void _prep_nchw_plane(
     const floating* x,     # IN  channel c of the image: (H, W)
-    floating* xs,          # OUT phase (a, b), channel c: (Hs, Ws)
+    floating* xs,          # OUT rows i0 <= i < i1 of phase (a, b), channel c: (i1 - i0, Ws)
     Py_ssize_t H, Py_ssize_t W, Py_ssize_t a, Py_ssize_t b, Py_ssize_t sh, Py_ssize_t sw,
-    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hs, Py_ssize_t Ws,
+    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t Ws,
 ) noexcept nogil:
     cdef Py_ssize_t i, j, ih, iw, j0, j1
     cdef floating* row
     cdef const floating* src
-    for i in range(Hs):
-        row = xs + i * Ws
+    for i in range(i0, i1):
+        row = xs + (i - i0) * Ws
         ih = i * sh + a - pt
         if ih < 0 or ih >= H:
             memset(row, 0, Ws * sizeof(floating))
@@ -182,7 +182,7 @@ cdef inline void _prep_item(
         a = phase // sw
         b = phase % sw
         _prep_nchw_plane(x + (item % C) * H * W, xs + item * Hs * Ws, H, W, a, b, sh, sw,
-                         pt, pl, Hs, Ws)
+                         pt, pl, 0, Hs, Ws)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,19 +302,30 @@ def conv2d_planes(
     floating[:, :, :, ::1] out,            # OUT (N, C_out, OH, OW)
     floating[:, ::1] xs_buf,               # SCRATCH (n_threads, xs size); slack zeroed
     Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
-    Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks, bint relu, int n_threads,
+    Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks, Py_ssize_t band_rows,
+    Py_ssize_t band_in_rows, bint relu, int n_threads,
 ):
     """NCHW convolution with one output channel per group (depthwise, single filters).
 
     One work item is one (image, group): its thread prepares only that group's input
     channels (for depthwise, one padded plane that stays in L1) and computes its output
     plane with the one-channel micro-kernel, so x and out each pass through memory once.
+
+    With ``band_rows < OH`` (stride 1 and one input channel per group only) a work item is a
+    band of ``band_rows`` output rows of one plane instead: its thread prepares the
+    ``band_in_rows`` padded rows the band reads (``band_rows`` plus the kernel's reach) and
+    computes the band, so that a large plane is shared by several threads and each band's
+    prepared rows stay in cache. ``n_qblocks`` then counts one band's pixel blocks.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t C_out = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t K = weight.shape[1], cig = C // C_out
     cdef Py_ssize_t n_prep = stride_h * stride_w * cig
-    cdef Py_ssize_t buf_len = xs_buf.shape[1], item, i, n, g
+    cdef Py_ssize_t buf_len = xs_buf.shape[1], item, i, n, g, plane, oh0, rows, i1
+    cdef Py_ssize_t n_bands = (OH + band_rows - 1) // band_rows if band_rows > 0 else 1
+    cdef Py_ssize_t q_block = fc_plane_vecs() * (fc_vec_len_f32() if floating is float
+                                                 else fc_vec_len_f64())
+    cdef Py_ssize_t n_qb
     cdef floating* xs
     if N == 0 or C_out == 0 or OH == 0 or OW == 0:
         return
@@ -325,20 +336,35 @@ def conv2d_planes(
     cdef floating* op = &out[0, 0, 0, 0]
     cdef floating* bufp = &xs_buf[0, 0]
     with nogil:
-        for item in prange(N * C_out, schedule="static", num_threads=n_threads):
-            n = item // C_out
-            g = item % C_out
+        for item in prange(N * C_out * n_bands, schedule="static", num_threads=n_threads):
+            plane = item // n_bands
+            n = plane // C_out
+            g = plane % C_out
             xs = bufp + threadid() * buf_len
-            for i in range(n_prep):
-                _prep_item(xp + (n * C + g * cig) * H * W, xs, i, False, cig, H, W,
-                           stride_h, stride_w, pad_top, pad_left, Hs, Ws)
+            if n_bands == 1:
+                oh0 = 0
+                rows = OH
+                n_qb = n_qblocks
+                for i in range(n_prep):
+                    _prep_item(xp + (n * C + g * cig) * H * W, xs, i, False, cig, H, W,
+                               stride_h, stride_w, pad_top, pad_left, Hs, Ws)
+            else:
+                # A band: output rows oh0 <= oh < oh0 + rows read padded rows oh0 onwards.
+                oh0 = (item % n_bands) * band_rows
+                rows = OH - oh0 if OH - oh0 < band_rows else band_rows
+                i1 = oh0 + band_in_rows if oh0 + band_in_rows < Hs else Hs
+                n_qb = (rows * Ws + q_block - 1) // q_block   # the last band may be shorter
+                _prep_nchw_plane(xp + plane * H * W, xs, H, W, 0, 0, 1, 1, pad_top, pad_left,
+                                 oh0, i1, Ws)
             if floating is float:
-                fc_plane_blocks_f32(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
-                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu,
+                fc_plane_blocks_f32(xs, offp, wp + g * K, K, 0, n_qb,
+                                    op + plane * OH * OW + oh0 * OW,
+                                    bp + g if bp != NULL else NULL, 1, rows, OW, Ws, relu,
                                     OH * OW, 1)
             else:
-                fc_plane_blocks_f64(xs, offp, wp + g * K, K, 0, n_qblocks, op + item * OH * OW,
-                                    bp + g if bp != NULL else NULL, 1, OH, OW, Ws, relu,
+                fc_plane_blocks_f64(xs, offp, wp + g * K, K, 0, n_qb,
+                                    op + plane * OH * OW + oh0 * OW,
+                                    bp + g if bp != NULL else NULL, 1, rows, OW, Ws, relu,
                                     OH * OW, 1)
 
 
