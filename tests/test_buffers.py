@@ -106,7 +106,8 @@ def _cases():
          lambda: reference.im2col(x, 3, padding=1)),
         ("col2im", lambda: fastconv.col2im(cols, x.shape, 3, padding=1),
          lambda: reference.col2im(cols, x.shape, 3, padding=1)),
-        ("relu_backward", lambda: fastconv.relu_backward(x, x), lambda: reference.relu_backward(x, x)),
+        ("relu_backward", lambda: fastconv.relu_backward(x, x),
+         lambda: reference.relu_backward(x, x)),
         ("max_pool2d_backward", lambda: fastconv.max_pool2d_backward(pooled_grad, x, 2),
          lambda: reference.max_pool2d_backward(pooled_grad, x, 2)),
         ("avg_pool2d_backward", lambda: fastconv.avg_pool2d_backward(pooled_grad, x.shape, 2),
@@ -307,5 +308,6 @@ def test_concurrent_python_threads():
         t.join()
     assert not errors
     info = _info()
-    assert 1 <= info["cached_blocks"] <= 4 and info["cached_bytes"] == info["cached_blocks"] * x.nbytes
+    assert 1 <= info["cached_blocks"] <= 4
+    assert info["cached_bytes"] == info["cached_blocks"] * x.nbytes
     assert info["hits"] + info["misses"] == 400
