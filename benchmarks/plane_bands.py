@@ -3,8 +3,8 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/plane_bands.py [--threads N]
 
 Stride-1 depthwise and single-filter planes are computed in bands of output rows (see
-``_plane_band_rows`` in ``fastconv/conv.py``); setting ``PLANE_BAND_BYTES`` out of reach gives
-the whole-plane kernel of before. Prints the median milliseconds of both, in alternating rounds,
+``_plane_band_rows`` in ``fastconv/conv.py``); replacing that rule by "the whole plane" gives
+the kernel of before (one work item per plane, so one image runs on one thread). Prints the median milliseconds of both, in alternating rounds,
 for single-filter images (one 512x512 edge image, a batch of 32, one 2048x2048 image) and the
 depthwise suite layer (whole planes either way: a control).
 """
@@ -36,7 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads or fastconv.get_num_threads()
     rng = np.random.default_rng(0)
-    banded_bytes = conv.PLANE_BAND_BYTES
+    banded_rule = conv._plane_band_rows
+    rules = {"bands": banded_rule, "whole": lambda g, *args: g.out_h}
     print(f"fastconv {fastconv.__version__}, {threads} threads; median ms per call")
     print(f"{'case':<28}{'bands':>8}{'whole':>8}  whole/bands")
     for name, (shape, groups) in CASES.items():
@@ -45,12 +46,12 @@ def main() -> None:
         number = max(3, int(2e7 // x.size))
         times = {"bands": [], "whole": []}
         for _ in range(args.rounds):
-            for label, band_bytes in (("bands", banded_bytes), ("whole", 1 << 62)):
-                conv.PLANE_BAND_BYTES = band_bytes
+            for label, rule in rules.items():
+                conv._plane_band_rows = rule
                 call = lambda: fastconv.conv2d(x, w, padding=1, groups=groups,  # noqa: E731
                                                num_threads=threads)
                 times[label].append(min(timeit.repeat(call, number=number, repeat=3)) / number)
-        conv.PLANE_BAND_BYTES = banded_bytes
+        conv._plane_band_rows = banded_rule
         bands, whole = (float(np.median(times[k])) for k in ("bands", "whole"))
         print(f"{name:<28}{bands * 1e3:>8.3f}{whole * 1e3:>8.3f}  {whole / bands:.2f}")
 

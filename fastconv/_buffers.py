@@ -9,7 +9,8 @@ a NumPy memory handler, NEP 49, named ``"fastconv_buffer_pool"``). The next outp
 size (its size up to 1/8 larger) then reuses memory that is already mapped.
 
 The arrays are ordinary: they own their data (``flags.owndata``), can be resized, pickled and
-passed anywhere. Only memory that fastconv's own outputs used is ever kept, at most
+passed to any code that goes through NumPy; as with every non-default NumPy allocator (NEP 49),
+C code must not take over the buffer and ``free()`` it itself. Only memory that fastconv's own outputs used is ever kept, at most
 ``max_bytes`` of it (default 256 MiB, oldest blocks freed first, at most 64 blocks);
 ``set_buffer_pool(0)`` or ``FASTCONV_BUFFER_POOL=0`` turns the pool off.
 """
@@ -34,6 +35,8 @@ DEFAULT_MAX_BYTES = 256 << 20
 MIN_BYTES = 256 << 10
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# Bounds above this are refused (the C side holds them in a size_t).
+MAX_BOUND = 2**63 - 1
 
 
 def parse_size(text: str) -> int:
@@ -42,7 +45,10 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, flags=re.IGNORECASE)
     if not match:
         raise ValueError(f"not a size in bytes: {text!r} (examples: 0, 268435456, 256M, 1G)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if size > MAX_BOUND:
+        raise ValueError(f"not a size in bytes: {text!r} is more than 2**63 - 1")
+    return size
 
 
 def _initial_max_bytes() -> int:
@@ -87,7 +93,7 @@ def set_buffer_pool(max_bytes: int) -> int:
     TypeError
         If ``max_bytes`` is not an integer.
     ValueError
-        If ``max_bytes`` is negative.
+        If ``max_bytes`` is negative or not below 2**63.
 
     Notes
     -----
@@ -106,8 +112,9 @@ def set_buffer_pool(max_bytes: int) -> int:
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
         raise TypeError(f"set_buffer_pool: `max_bytes` must be an int, got "
                         f"{type(max_bytes).__name__}")
-    if max_bytes < 0:
-        raise ValueError(f"set_buffer_pool: `max_bytes` must be >= 0, got {max_bytes}")
+    if not 0 <= max_bytes <= MAX_BOUND:
+        raise ValueError(f"set_buffer_pool: `max_bytes` must be >= 0 and < 2**63, got "
+                         f"{max_bytes}")
     previous = _bufpool.stats()["max_bytes"]
     _bufpool.set_max_bytes(int(max_bytes))
     return previous
@@ -136,7 +143,7 @@ def buffer_pool_info() -> Dict[str, Any]:
         (held now, free for reuse), ``max_blocks``, ``hits`` and ``misses`` (pooled-size
         outputs served from the pool or freshly allocated since import), ``evictions`` (blocks
         freed to keep within the bounds), ``handler`` (the NumPy memory handler's name, as
-        ``numpy.core.multiarray.get_handler_name`` reports it for a pooled array).
+        ``get_handler_name`` in NumPy's ``multiarray`` module reports it for a pooled array).
 
     Examples
     --------

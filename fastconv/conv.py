@@ -486,16 +486,21 @@ def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
         x = x.reshape(g.n, 1, g.h, g.w)
         out4 = out4.reshape(g.n, 1, g.out_h, g.out_w)
     itemsize = args.dtype.itemsize
-    band_rows = _plane_band_rows(g, args.groups, itemsize, n_threads)
+    planes = g.n * args.groups
+    # The threads the work is worth (bands of PLANE_BAND_MIN_ROWS at most), then the bands.
+    threads = _threads.for_work(n_threads, _macs(args) // PLANES_MACS_PER_THREAD,
+                                planes * -(-g.out_h // PLANE_BAND_MIN_ROWS), min_per_thread=1)
+    band_rows = _plane_band_rows(g, args.groups, itemsize, threads)
     off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, args.groups, itemsize,
                                                             band_rows)
-    items = g.n * args.groups * -(-g.out_h // band_rows)
-    threads = _threads.for_work(n_threads, _macs(args) // PLANES_MACS_PER_THREAD, items,
-                                min_per_thread=1)
+    n_bands = -(-g.out_h // band_rows)
+    threads = min(threads, planes * n_bands)
     xs_buf = _scratch_array("image", (threads, buf_len), args.dtype)
-    # Zeroed past what a work item prepares; a band's last block may also read rows of the
-    # buffer that its own preparation did not write (it discards those outputs).
-    xs_buf[:, 0 if band_rows < g.out_h else prepared:] = 0
+    # Zeroed past what a work item prepares. The last, shorter band prepares fewer rows, and
+    # its last pixel blocks read on into the rows after them (for outputs it discards): from
+    # there on the buffer holds zeros or rows an earlier band prepared, never stale memory.
+    last_band = g.out_h - (n_bands - 1) * band_rows
+    xs_buf[:, min(prepared, (last_band + prepared // ws - band_rows) * ws):] = 0
     _blocked.conv2d_planes(x, w.reshape(args.c_out, -1), off, bias, out4, xs_buf, g.stride_h,
                            g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks, band_rows,
                            prepared // ws, args.activation == "relu", threads)

@@ -179,11 +179,26 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, dtype, n, c, h, w, kernel,
     if n * c < 3:   # each of 3 threads gets a band, unless the bands would be too short
         assert bands[3] >= min(-(-3 // (n * c)), g.out_h // conv_module.PLANE_BAND_MIN_ROWS)
     want = reference.conv2d(x, wt, b, groups=c, activation="relu", **kw)
+    band_args = []
+    real = conv_module._blocked.conv2d_planes
+
+    def spy(*a):
+        band_args.append(a[-4])   # band_rows
+        return real(*a)
+
+    monkeypatch.setattr(conv_module._blocked, "conv2d_planes", spy)
     for threads in (1, 2, 3):
         got = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=threads,
                               activation="relu", **kw)
         assert_close(got, want, dtype, kernel[0] * kernel[1], err_msg=f"{threads} threads")
         np.testing.assert_array_equal(got, whole)
+        if c == 1:   # a single-channel NHWC image is the same memory and runs the same bands
+            got = fastconv.conv2d(to_nhwc(x), oihw_to_hwio(wt), b, layout="NHWC",
+                                  algorithm="direct", num_threads=threads, activation="relu",
+                                  **kw)
+            np.testing.assert_array_equal(got, to_nhwc(whole))
+    if band_bytes == 1:
+        assert min(band_args) < g.out_h   # the kernel really ran in bands
 
 
 def test_band_rows_rule():

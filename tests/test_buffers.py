@@ -61,12 +61,14 @@ def _owner(a):
 
 def _poison(nbytes):
     """Leave one pooled block of exactly ``nbytes`` in the pool, filled with NaN bit patterns
-    (0xFF bytes are a NaN in float32 and float64)."""
+    (0xFF bytes are a NaN in float32 and float64); return its address."""
     block = _buffers.empty((nbytes,), np.uint8)
     block.fill(0xFF)
+    address = block.ctypes.data
     del block
     info = _info()
     assert info["cached_blocks"] == 1 and info["cached_bytes"] == nbytes
+    return address
 
 
 # (name, fastconv call, reference call), each producing one pooled-size output from `rng`.
@@ -128,10 +130,9 @@ def test_reused_memory_never_leaks_into_results(name, fast, ref):
     # The op's output lands on a block full of NaN; every element must be overwritten.
     expected = ref()
     assert expected.nbytes >= _buffers.MIN_BYTES, name
-    _poison(expected.nbytes)
-    hits = _info()["hits"]
+    address = _poison(expected.nbytes)
     actual = fast()
-    assert _info()["hits"] == hits + 1, f"{name}: the output was not pooled"
+    assert _owner(actual).ctypes.data == address, f"{name}: the output missed the NaN block"
     assert get_handler_name(_owner(actual)) == POOL
     assert not np.isnan(actual).any(), f"{name}: stale pool contents in the result"
     assert_close(actual, expected, reduction_length=8 * 9 * 16, err_msg=name)
@@ -167,10 +168,12 @@ def test_pooled_arrays_are_ordinary_arrays():
     y.resize((1 << 20,), refcheck=False)         # grows through the handler's realloc
     np.testing.assert_array_equal(y[:1 << 18], x)
     assert (y[1 << 18:] == 0).all()              # ndarray.resize zero-fills the new part
-    y.resize((1000,), refcheck=False)
+    y.resize((1000,), refcheck=False)           # under half: a smaller block, data kept
     np.testing.assert_array_equal(y, x[:1000])
     z = np.zeros_like(y)                          # NumPy's own allocations are untouched
     assert get_handler_name(z) != POOL
+    del y
+    assert _info()["cached_bytes"] == 0          # the 8 KB block is not pooled, nor the 8 MB
 
 
 def test_small_outputs_and_the_callers_policy_are_untouched():
@@ -203,15 +206,16 @@ def test_size_tolerance_is_one_eighth():
 def test_bound_on_bytes_evicts_oldest_first():
     fastconv.set_buffer_pool(3 * MIB)
     blocks = [_buffers.empty((MIB,), np.uint8) for _ in range(5)]
-    oldest_kept = blocks[2].ctypes.data
-    del blocks
+    addresses = [b.ctypes.data for b in blocks]
+    for i in range(5):          # freed in this order: 0 is the oldest in the pool
+        blocks[i] = None
     info = _info()
     assert info["cached_bytes"] == 3 * MIB and info["cached_blocks"] == 3
-    assert info["evictions"] == 2
+    assert info["evictions"] == 2                               # blocks 0 and 1
     assert fastconv.set_buffer_pool(MIB) == 3 * MIB             # lowering it evicts at once
     info = _info()
     assert info["cached_bytes"] == MIB and info["evictions"] == 4
-    assert _buffers.empty((MIB,), np.uint8).ctypes.data != oldest_kept   # blocks 2, 3 went
+    assert _buffers.empty((MIB,), np.uint8).ctypes.data == addresses[4]   # the newest stays
 
 
 def test_bound_on_blocks():
@@ -237,8 +241,8 @@ def test_disabled_pool_keeps_nothing():
     assert info["cached_bytes"] == 0 and info["cached_blocks"] == 0
 
 
-@pytest.mark.parametrize("bad", [-1, np.int64(-5)])
-def test_set_buffer_pool_rejects_negative(bad):
+@pytest.mark.parametrize("bad", [-1, np.int64(-5), 2**63, 2**70])
+def test_set_buffer_pool_rejects_out_of_range(bad):
     with pytest.raises(ValueError, match=r"set_buffer_pool: `max_bytes` must be >= 0"):
         fastconv.set_buffer_pool(bad)
 
@@ -256,7 +260,7 @@ def test_parse_size(text, expected):
     assert _buffers.parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "-1", "1.5G", "lots", "12T"])
+@pytest.mark.parametrize("text", ["", "-1", "1.5G", "lots", "12T", "99999999999G"])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError, match="not a size in bytes"):
         _buffers.parse_size(text)

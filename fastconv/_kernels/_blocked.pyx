@@ -329,6 +329,10 @@ def conv2d_planes(
     cdef floating* xs
     if N == 0 or C_out == 0 or OH == 0 or OW == 0:
         return
+    if n_bands > 1 and (n_prep != 1 or band_in_rows * Ws > buf_len
+                        or n_qblocks * q_block > buf_len):
+        raise ValueError("conv2d_planes: row bands need stride 1, one input channel per group "
+                         "and a scratch row for a whole band")
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0]
     cdef const Py_ssize_t* offp = &off[0]

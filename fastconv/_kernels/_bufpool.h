@@ -180,12 +180,14 @@ static void *fc_realloc(void *ctx, void *ptr, size_t new_size)
     if (ptr == NULL)
         return fc_fresh(new_size, 0);
     cap = fc_capacity(ptr);
-    if (new_size <= cap)
+    if (new_size <= cap && new_size >= cap / 2)
         return ptr;
+    /* Growing, or shrinking to under half: a block of the new size (a shrunk array must not
+     * hold on to, and later cache, its old capacity). */
     q = fc_fresh(new_size, 0);
     if (q == NULL)
-        return NULL;   /* realloc's contract: ptr stays valid */
-    memcpy(q, ptr, cap);
+        return new_size <= cap ? ptr : NULL;   /* realloc's contract: ptr stays valid */
+    memcpy(q, ptr, new_size < cap ? new_size : cap);
     fc_release(ptr);
     return q;
 }
@@ -206,16 +208,6 @@ static PyDataMem_Handler fc_handler = {
 
 /* Module set-up and control, called with the GIL held. */
 
-static int fc_pool_init(size_t max_bytes, size_t min_bytes)
-{
-    fc_pool.lock = PyThread_allocate_lock();
-    if (fc_pool.lock == NULL)
-        return -1;
-    fc_pool.max_bytes = max_bytes;
-    fc_pool.min_bytes = min_bytes;
-    return 0;
-}
-
 static void fc_pool_set_max(size_t max_bytes)
 {
     void *evicted[FC_POOL_SLOTS];
@@ -225,6 +217,22 @@ static void fc_pool_set_max(size_t max_bytes)
     n = fc_trim_locked(max_bytes, 0, evicted);
     PyThread_release_lock(fc_pool.lock);
     fc_free_all(evicted, n);
+}
+
+/* The lock is made once, at module import (before any pooled allocation can happen); a
+ * later call (a reloaded fastconv._buffers) only sets the bounds. */
+static int fc_pool_init(size_t max_bytes, size_t min_bytes)
+{
+    if (fc_pool.lock == NULL) {
+        fc_pool.lock = PyThread_allocate_lock();
+        if (fc_pool.lock == NULL)
+            return -1;
+    }
+    PyThread_acquire_lock(fc_pool.lock, WAIT_LOCK);
+    fc_pool.min_bytes = min_bytes;
+    PyThread_release_lock(fc_pool.lock);
+    fc_pool_set_max(max_bytes);
+    return 0;
 }
 
 static void fc_pool_clear(void)

@@ -31,14 +31,16 @@ cdef extern from "numpy/arrayobject.h":
 
 # NumPy's capsule name for memory handlers; the capsule lives as long as the module.
 cdef object _handler = PyCapsule_New(&fc_handler, "mem_handler", NULL)
+# The lock must exist before any array can use the handler; fastconv._buffers sets the bounds.
+if fc_pool_init(0, 0) != 0:
+    raise MemoryError("fastconv: could not allocate the buffer pool's lock")
 HANDLER_NAME = "fastconv_buffer_pool"
 MAX_BLOCKS = FC_POOL_SLOTS
 
 
 def init(size_t max_bytes, size_t min_bytes):
-    """Create the pool's lock and set its bounds; called once, by ``fastconv._buffers``."""
-    if fc_pool_init(max_bytes, min_bytes) != 0:
-        raise MemoryError("fastconv: could not allocate the buffer pool's lock")
+    """Set the pool's bounds; called by ``fastconv._buffers`` at import."""
+    fc_pool_init(max_bytes, min_bytes)
 
 
 def empty(shape, dtype):
