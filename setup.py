@@ -7,6 +7,7 @@ Environment switches:
   runs, and otherwise builds serial kernels with a visible warning.
 * ``FASTCONV_DEBUG_CYTHON=1`` turns Cython's bounds and wraparound checks back on.
 * ``FASTCONV_ISA=baseline`` builds only the baseline kernels (no per-ISA copies).
+* ``FASTCONV_BUILD_JOBS=N`` compiles N kernel modules at a time (default: one per core).
 
 CPU dispatch: on x86-64 every compute kernel is compiled once for the baseline instruction set
 and once more for each level of :data:`ISA_LEVELS` the compiler accepts (``_conv_avx2``,
@@ -149,6 +150,16 @@ def probe_openmp(compiler, compile_flags, link_flags):
 
 class BuildExt(build_ext):
     """build_ext that decides OpenMP once, applies flags to every kernel, and records them."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # The kernel modules (about twenty with the ISA copies) compile side by side, one per
+        # core: one at a time they took 7 minutes on 2 cores. `-j N` or FASTCONV_BUILD_JOBS=N
+        # sets the number (1: one at a time).
+        if self.parallel is None:
+            jobs = os.environ.get("FASTCONV_BUILD_JOBS", "").strip()
+            self.parallel = int(jobs) if jobs.isdigit() and int(jobs) > 0 else (os.cpu_count()
+                                                                               or 1)
 
     def build_extensions(self):
         ctype = self.compiler.compiler_type
