@@ -6,7 +6,10 @@
  * always wins, so the window's last NaN is the result) starting from -inf; average pooling adds
  * the cells in row-major order starting from 0 and divides once. The vectors only run several
  * outputs (NCHW: consecutive output columns; NHWC: consecutive channels) side by side, so the
- * results are bit-identical to the scalar code's.
+ * results are bit-identical to the scalar code's. NCHW max folds each window row first and then
+ * the rows' maxima: the same bits, because that fold splits anywhere. The later part's result
+ * wins only if it is NaN or greater, so the last NaN, else the first maximum (of equal values:
+ * the first of -0.0 and +0.0) is kept either way.
  *
  * NCHW columns are vectorised for strides 1 and 2: a stride-2 tap is gathered from two loads
  * by one two-register shuffle. That needs GCC's __builtin_shuffle; with other compilers
@@ -31,17 +34,31 @@ static inline int fc_pool_vector(void) { return FC_POOL_VECTOR; }
 #define FC_MAX_STEP(m, v) (((v) > (m) || (v) != (v)) ? (v) : (m))
 
 #if FC_POOL_VECTOR
-/* Lane i of the shuffle of (a, b) is p[2 i] when a = p[0 .. V-1] and b = p[V-1 .. 2V-2]: the
- * second load starts one element early so that it ends at the last element a tap uses. */
+/* A stride-2 tap p[0], p[2], ..., p[2 (V-1)] is gathered from a = p[0 .. V-1] and
+ * b = p[V-1 .. 2V-2] (the second load starts one element early so that it ends at the last
+ * element the tap uses) by a shuffle that stays inside each 128-bit lane: lane l of the result
+ * is a[4l], a[4l+2], b[4l+1], b[4l+3] (float; double: a[2l], b[2l+1]), one vshufps/vshufpd,
+ * where a shuffle into order would cross lanes (two vpermd and a blend on AVX2). The outputs
+ * then sit in a fixed permuted order in every tap alike, so the element-wise max or sum is
+ * unchanged, and FC_UNLANE puts them back in order once per stored vector. */
 #if FC_VBYTES == 64
-#define FC_EVEN_f32 {0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31}
-#define FC_EVEN_f64 {0, 2, 4, 6, 9, 11, 13, 15}
+#define FC_LANE_f32 {0, 2, 17, 19, 4, 6, 21, 23, 8, 10, 25, 27, 12, 14, 29, 31}
+#define FC_UNLANE_f32 {0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15}
+#define FC_LANE_f64 {0, 9, 2, 11, 4, 13, 6, 15}
+#define FC_UNLANE_f64 {0, 2, 4, 6, 1, 3, 5, 7}
 #elif FC_VBYTES == 32
-#define FC_EVEN_f32 {0, 2, 4, 6, 9, 11, 13, 15}
-#define FC_EVEN_f64 {0, 2, 5, 7}
+#define FC_LANE_f32 {0, 2, 9, 11, 4, 6, 13, 15}
+#define FC_UNLANE_f32 {0, 1, 4, 5, 2, 3, 6, 7}
+#define FC_LANE_f64 {0, 5, 2, 7}
+#define FC_UNLANE_f64 {0, 2, 1, 3}
+#else   /* one lane: the shuffle already gives the outputs in order */
+#define FC_LANE_f32 {0, 2, 5, 7}
+#define FC_LANE_f64 {0, 3}
+#endif
+#if FC_VBYTES > 16
+#define FC_UNLANE(SUF, v) __builtin_shuffle((v), (fc_ivec_##SUF)FC_UNLANE_##SUF)
 #else
-#define FC_EVEN_f32 {0, 2, 5, 7}
-#define FC_EVEN_f64 {0, 3}
+#define FC_UNLANE(SUF, v) (v)
 #endif
 
 #define FC_VMAX_STEP(SUF, m, v) FC_SELECT(SUF, ((v) > (m)) | ((v) != (v)), v, m)
@@ -53,7 +70,14 @@ static inline int fc_pool_vector(void) { return FC_POOL_VECTOR; }
         if (s == 1) return FC_LOAD(SUF, p);                                                    \
         return __builtin_shuffle((fc_vec_##SUF)FC_LOAD(SUF, p),                                \
                                  (fc_vec_##SUF)FC_LOAD(SUF, p + FC_VLEN(T) - 1),               \
-                                 (fc_ivec_##SUF)FC_EVEN_##SUF);                                \
+                                 (fc_ivec_##SUF)FC_LANE_##SUF);                                \
+    }                                                                                          \
+                                                                                               \
+    /* The outputs of stride-s taps in order (see FC_LANE). */                                 \
+    static inline __attribute__((always_inline)) fc_vec_##SUF fc_pool_unlane_##SUF(           \
+            fc_vec_##SUF v, ptrdiff_t s) {                                                     \
+        if (s == 1 || FC_VBYTES == 16) return v;                                               \
+        return FC_UNLANE(SUF, v);                                                              \
     }                                                                                          \
                                                                                                \
     /* One NCHW output row, columns [j0, j1): column j's window is rows [h0, h1) x columns     \
@@ -82,30 +106,50 @@ static inline int fc_pool_vector(void) { return FC_POOL_VECTOR; }
             fc_vec_##SUF m = avg ? FC_ZERO(SUF) : FC_SPLAT(SUF, (T)-INFINITY);                 \
             for (h = h0; h < h1; h++) {                                                        \
                 const T *p = plane + h * W + j * s - pl;                                       \
-                for (kw = 0; kw < KW; kw++) {                                                  \
-                    fc_vec_##SUF v = fc_pool_tap_##SUF(p + kw, s);                             \
-                    m = avg ? m + v : FC_VMAX_STEP(SUF, m, v);                                 \
+                if (avg) {                                                                     \
+                    for (kw = 0; kw < KW; kw++) m = m + fc_pool_tap_##SUF(p + kw, s);          \
+                } else {                                                                       \
+                    /* The row's maximum first, then folded into the window's: the same     \
+                     * result as one row-major fold (see the top of this file), with a       \
+                     * dependency chain of KH + KW steps instead of KH * KW. */              \
+                    fc_vec_##SUF r = fc_pool_tap_##SUF(p, s);                                  \
+                    for (kw = 1; kw < KW; kw++)                                                \
+                        r = FC_VMAX_STEP(SUF, r, fc_pool_tap_##SUF(p + kw, s));               \
+                    m = FC_VMAX_STEP(SUF, m, r);                                               \
                 }                                                                              \
             }                                                                                  \
+            m = fc_pool_unlane_##SUF(m, s);                                                    \
             FC_STORE(SUF, out + j, avg ? m / FC_SPLAT(SUF, div) : m);                          \
         }                                                                                      \
     }                                                                                          \
                                                                                                \
-    /* The stride and the operation become constants in each copy of the body. s must be 1  \
-     * or 2 (any other value is taken as 2): the Cython caller only passes those. */           \
+    /* The stride, the operation and the common window widths 2 and 3 become constants in   \
+     * each copy of the body, so the taps of a row unroll. s must be 1 or 2 (any other value  \
+     * is taken as 2): the Cython caller only passes those. */                                \
+    static inline __attribute__((always_inline)) void fc_pool_cols_kw_##SUF(                   \
+            const T *plane, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1, ptrdiff_t KW,             \
+            ptrdiff_t s, ptrdiff_t pl, ptrdiff_t j0, ptrdiff_t j1, int avg, T div, T *out) {   \
+        if (KW == 2)                                                                           \
+            fc_pool_cols_body_##SUF(plane, W, h0, h1, 2, s, pl, j0, j1, avg, div, out);        \
+        else if (KW == 3)                                                                      \
+            fc_pool_cols_body_##SUF(plane, W, h0, h1, 3, s, pl, j0, j1, avg, div, out);        \
+        else                                                                                   \
+            fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, s, pl, j0, j1, avg, div, out);       \
+    }                                                                                          \
+                                                                                               \
     static void fc_pool_cols_##SUF(const T *plane, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,    \
                                    ptrdiff_t KW, ptrdiff_t s, ptrdiff_t pl, ptrdiff_t j0,      \
                                    ptrdiff_t j1, int avg, T div, T *out) {                     \
         if (avg) {                                                                             \
             if (s == 1)                                                                        \
-                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 1, div, out);     \
+                fc_pool_cols_kw_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 1, div, out);       \
             else                                                                               \
-                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 1, div, out);     \
+                fc_pool_cols_kw_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 1, div, out);       \
         } else {                                                                               \
             if (s == 1)                                                                        \
-                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 0, div, out);     \
+                fc_pool_cols_kw_##SUF(plane, W, h0, h1, KW, 1, pl, j0, j1, 0, div, out);       \
             else                                                                               \
-                fc_pool_cols_body_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 0, div, out);     \
+                fc_pool_cols_kw_##SUF(plane, W, h0, h1, KW, 2, pl, j0, j1, 0, div, out);       \
         }                                                                                      \
     }                                                                                          \
                                                                                                \
