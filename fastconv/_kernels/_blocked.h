@@ -25,8 +25,10 @@
 
 #include "_simd.h"
 
-/* One output channel per group (depthwise, single filters): 4 vectors of pixels. */
-#define FC_PLANE_VECS 4
+/* One output channel per group (depthwise, single filters): 8 vectors of pixels, so that 8
+ * independent accumulators cover the FMA latency (4 gave 2.9 against 2.3 us per 56x56 3x3
+ * plane, AVX2, one core, interleaved in one process). */
+#define FC_PLANE_VECS 8
 #if defined(__AVX512F__)
 #define FC_PIX_ROWS 8
 #define FC_PIX_VECS 3
