@@ -25,6 +25,10 @@ cdef extern from "_blocked.h" nogil:
     Py_ssize_t fc_ch_rows()
     Py_ssize_t fc_ch_vecs()
     Py_ssize_t fc_plane_vecs()
+    void fc_prep_row_f32(float* dst, const float* src, Py_ssize_t n, Py_ssize_t zl,
+                         Py_ssize_t zr)
+    void fc_prep_row_f64(double* dst, const double* src, Py_ssize_t n, Py_ssize_t zl,
+                         Py_ssize_t zr)
     void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                            const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
@@ -119,13 +123,16 @@ cdef inline void _prep_nchw_plane(
             j1 = Ws
         if j0 > j1:
             j0 = j1
+        if sw == 1:
+            if floating is float:
+                fc_prep_row_f32(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
+            else:
+                fc_prep_row_f64(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
+            continue
         if j0 > 0:
             memset(row, 0, j0 * sizeof(floating))
-        if sw == 1:
-            memcpy(row + j0, src + j0 + b - pl, (j1 - j0) * sizeof(floating))
-        else:
-            for j in range(j0, j1):
-                row[j] = src[j * sw + b - pl]
+        for j in range(j0, j1):
+            row[j] = src[j * sw + b - pl]
         if j1 < Ws:
             memset(row + j1, 0, (Ws - j1) * sizeof(floating))
 
