@@ -34,6 +34,12 @@ DEFAULT_MAX_BYTES = 256 << 20
 # Smaller buffers come from the C allocator's heap, which already reuses them without faults.
 MIN_BYTES = 256 << 10
 
+# Results at least this large are written by streaming (non-temporal) stores where a kernel
+# has them (ReLU; see _kernels/_stream.h): they leave the caches before anyone reads them
+# again, and skipping the read that an ordinary store to an uncached line makes saves a third
+# of the memory traffic. Half of a typical L3 cache.
+STREAM_MIN_BYTES = 16 << 20
+
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 # Bounds above this are refused (the C side holds them in a size_t).
 MAX_BOUND = 2**63 - 1
@@ -72,6 +78,11 @@ def empty(shape, dtype) -> np.ndarray:
     if math.prod(shape) * dtype.itemsize < MIN_BYTES:
         return np.empty(shape, dtype=dtype)
     return _bufpool.empty(shape, dtype)
+
+
+def streaming(nbytes: int) -> bool:
+    """Whether a kernel should write a result of ``nbytes`` by streaming stores."""
+    return nbytes >= STREAM_MIN_BYTES
 
 
 def set_buffer_pool(max_bytes: int) -> int:

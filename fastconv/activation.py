@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _threads, _validate
+from . import _buffers, _threads, _validate
 from ._isa import kernel_module
 
 _relu = kernel_module("_relu")
@@ -61,7 +61,9 @@ def relu(x: ArrayLike, *, out: Optional[np.ndarray] = None,
     src = np.ascontiguousarray(x, dtype=dtype)
     target = out if in_place else _validate.kernel_target(out, x.shape, dtype, x)
     threads = _threads.for_work(n_threads, src.size, min_per_thread=_RELU_MIN_PER_THREAD)
-    _relu.relu(src.reshape(-1), target.reshape(-1), threads)
+    # In place, every line is read just before it is written: streaming saves nothing there.
+    stream = not in_place and _buffers.streaming(target.nbytes)
+    _relu.relu(src.reshape(-1), target.reshape(-1), threads, stream)
     return _validate.deliver(target, out)
 
 

@@ -289,3 +289,66 @@ def test_relu_num_threads_invalid(bad, exc):
 
 def test_relu_num_threads_numpy_int():
     assert_array_equal(fastconv.relu(np.array([-1.0, 1.0]), num_threads=np.int64(2)), [0.0, 1.0])
+
+
+# --------------------------------------------------------------------------------------------
+# streaming stores (results of at least fastconv._buffers.STREAM_MIN_BYTES)
+
+STREAMING_BUILT = fastconv.activation._relu.streaming_stores()
+
+
+class _KernelSpy:
+    """Stands in for the ReLU kernel module and records each call's ``stream`` flag."""
+
+    def __init__(self, real):
+        self.real, self.streams = real, []
+
+    def relu(self, x, out, n_threads, stream=False):
+        self.streams.append(stream)
+        return self.real.relu(x, out, n_threads, stream)
+
+
+@pytest.fixture
+def relu_spy(monkeypatch):
+    spy = _KernelSpy(fastconv.activation._relu)
+    monkeypatch.setattr(fastconv.activation, "_relu", spy)
+    return spy
+
+
+def test_relu_streams_only_large_results_not_in_place(relu_spy, rng):
+    limit = fastconv._buffers.STREAM_MIN_BYTES
+    big = rng.standard_normal(limit // 4, dtype=np.float32)
+    small = big[: limit // 8]
+    fastconv.relu(big)
+    fastconv.relu(small)
+    fastconv.relu(big, out=big)     # in place: each line is read just before it is written
+    assert relu_spy.streams == [True, False, False]
+
+
+@pytest.mark.skipif(not STREAMING_BUILT, reason="this build has no streaming stores (x86 only)")
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 1000, 4099])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_relu_streaming_stores_exact(dtype, n, offset, num_threads, relu_spy, rng,
+                                     monkeypatch):
+    # Streaming forced at every size: the aligned middle, the scalar head (out starts `offset`
+    # elements past an aligned address) and tail, and each thread's share must give exactly
+    # the ordinary kernel's bits (NaN kept, -0.0 made +0.0, infinities).
+    monkeypatch.setattr(fastconv._buffers, "STREAM_MIN_BYTES", 0)
+    specials = np.array([np.nan, -0.0, 0.0, -np.inf, np.inf, -1.0, 2.5], dtype=dtype)
+    x = rng.standard_normal(n).astype(dtype)
+    x[::5] = np.resize(specials, x[::5].shape)
+    out_buf = np.full(n + 16 + offset, 7.0, dtype=dtype)   # guard values around the result
+    start = (-out_buf.ctypes.data // out_buf.itemsize) % 16 + offset
+    out = out_buf[start:start + n]
+    got = fastconv.relu(x, out=out, num_threads=num_threads)
+    assert got is out
+    assert relu_spy.streams == [True]
+    monkeypatch.setattr(fastconv._buffers, "STREAM_MIN_BYTES", 1 << 62)
+    plain = fastconv.relu(x, num_threads=num_threads)
+    assert relu_spy.streams == [True, False]
+    assert got.tobytes() == plain.tobytes()
+    _check_equal(got, reference.relu(x), dtype)
+    outside = np.concatenate([out_buf[:start], out_buf[start + n:]])
+    assert (outside == 7.0).all()

@@ -4,14 +4,47 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 
+cdef extern from "_stream.h" nogil:
+    int fc_stream_ok()
+    void fc_stream_fence()
+    void fc_relu_stream_f32(float* dst, const float* src, Py_ssize_t n)
+    void fc_relu_stream_f64(double* dst, const double* src, Py_ssize_t n)
+
+
+def streaming_stores():
+    """Whether this build has streaming (non-temporal) stores (x86 builds)."""
+    return bool(fc_stream_ok())
+
+
+
 def relu(
     const floating[::1] x,     # IN  flat
     floating[::1] out,         # OUT flat, same length; may be the same buffer as x
     int n_threads,
+    bint stream=False,
 ):
-    """``out[i] = 0 if x[i] <= 0 else x[i]``: NaN propagates, -0.0 becomes +0.0."""
-    cdef Py_ssize_t n = x.shape[0], i
+    """``out[i] = 0 if x[i] <= 0 else x[i]``: NaN propagates, -0.0 becomes +0.0.
+
+    With ``stream`` (and a build that has them) out is written by streaming stores, one
+    contiguous share per thread: for results much larger than the caches (see _stream.h)."""
+    cdef Py_ssize_t n = x.shape[0], i, t, i0, i1
     cdef floating v
+    if n == 0:
+        return
+    cdef const floating* xp = &x[0]
+    cdef floating* op = &out[0]
+    if stream and fc_stream_ok():
+        with nogil:
+            for t in prange(n_threads, schedule="static", num_threads=n_threads):
+                # Shares of n // n_threads, the first n % n_threads one longer.
+                i0 = (n // n_threads) * t + (t if t < n % n_threads else n % n_threads)
+                i1 = i0 + n // n_threads + (1 if t < n % n_threads else 0)
+                if floating is float:
+                    fc_relu_stream_f32(op + i0, xp + i0, i1 - i0)
+                else:
+                    fc_relu_stream_f64(op + i0, xp + i0, i1 - i0)
+                fc_stream_fence()   # the thread's only share, so its last streaming store
+        return
     with nogil:
         for i in prange(n, schedule="static", num_threads=n_threads):
             v = x[i]
