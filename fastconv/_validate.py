@@ -442,11 +442,27 @@ class ConvArgs:
         return spatial_shape(g.n, self.c_out, g.out_h, g.out_w, self.layout)
 
 
-# Normalised convolution arguments by shapes, dtypes and options. A call that repeats a
-# validated combination (every layer of a network, every step) skips the checks: they cost
-# about 9 us, more than a small layer's whole convolution.
-_conv_cache: dict = {}
+class _ArgCache(dict):
+    """Normalised arguments by shapes, dtypes and options (conv2d, pooling). A call that
+    repeats a validated combination (every layer of a network, every step) skips the checks,
+    which cost about 9 us (conv2d) and 25 us (pooling), more than a small layer's whole
+    computation. Keys are built only from plain values (see _plain_option); the cache is
+    emptied when it reaches ``size`` entries."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value) -> None:
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+
+
 CONV_CACHE_SIZE = 512
+_conv_cache = _ArgCache(CONV_CACHE_SIZE)
+POOL_CACHE_SIZE = 512
+_pool_cache = _ArgCache(POOL_CACHE_SIZE)
 
 
 def _plain_option(value: Any) -> bool:
@@ -499,10 +515,8 @@ def conv_args(
         args = _check_conv_args(x, weight, bias, stride, padding, dilation, groups, layout,
                                 activation, func)
         if key is not None:
-            if len(_conv_cache) >= CONV_CACHE_SIZE:
-                _conv_cache.clear()
-            _conv_cache[key] = (args.layout, args.activation, args.groups, args.c_out,
-                                args.dtype, args.geometry)
+            _conv_cache.put(key, (args.layout, args.activation, args.groups, args.c_out,
+                                  args.dtype, args.geometry))
         return args
     layout, activation, groups, c_out, dtype, geometry = known
     x4, restore = batched(x, layout, func, allow_2d=True)
@@ -609,6 +623,25 @@ class PoolArgs:
 def pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func,
               x_name="x shape") -> PoolArgs:
     """Validate and normalise the arguments shared by ``max_pool2d`` and ``avg_pool2d``."""
+    key = None
+    if (type(x) is np.ndarray and _plain_option(kernel_size) and _plain_option(stride)
+            and _plain_option(padding) and _plain_option(layout) and type(ceil_mode) is bool):
+        key = (x.shape, x.dtype, kernel_size, stride, padding, layout, ceil_mode, func, x_name)
+        known = _pool_cache.get(key)
+        if known is not None:
+            layout, dtype, geometry = known
+            x4, restore = batched(x, layout, func, allow_2d=True)
+            return PoolArgs(x=x4.astype(dtype, copy=False), geometry=geometry, layout=layout,
+                            dtype=dtype, restore=restore)
+    args = _check_pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func, x_name)
+    if key is not None:
+        _pool_cache.put(key, (args.layout, args.dtype, args.geometry))
+    return args
+
+
+def _check_pool_args(x, kernel_size, stride, padding, layout, ceil_mode, func,
+                     x_name) -> PoolArgs:
+    """Every check of :func:`pool_args`, on any array-like and option values."""
     layout = normalize_layout(layout, func)
     x = as_array(x, "x", func)
     dtype = common_dtype(func, x=x)

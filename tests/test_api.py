@@ -474,3 +474,64 @@ def test_conv_argument_cache_is_bounded():
     for size in range(1, _validate.CONV_CACHE_SIZE + 20):
         fastconv.conv2d(np.ones((1, 1, 1, size), np.float32), w)
     assert 0 < len(_validate._conv_cache) <= _validate.CONV_CACHE_SIZE
+
+
+# --------------------------------------------------------------------------------------------
+# the pooling ops' cache of validated arguments (fastconv/_validate.py: pool_args)
+
+
+def _pool_ok(op, *args, **kw):
+    """Warm the cache with a valid call, and check it against the reference."""
+    got = getattr(fastconv, op)(*args, **kw)
+    np.testing.assert_allclose(got, getattr(reference, op)(*args, **kw), rtol=1e-5, atol=1e-6)
+    return got
+
+
+@pytest.mark.parametrize("impl", [fastconv, reference], ids=["fastconv", "reference"])
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("name, bad, good", [
+    ("kernel_size", True, 1),                      # True == 1 and hashes like it
+    ("kernel_size", 2.0, 2),
+    ("stride", (1, True), (1, 1)),
+    ("stride", 2.0, 2),
+    ("padding", (True, 0), (1, 0)),
+    ("padding", ((1, 1), (1.0, 1)), ((1, 1), (1, 1))),
+])
+def test_pool_values_equal_to_a_cached_call_are_still_checked(impl, op, name, bad, good):
+    x = np.ones((1, 2, 6, 6), np.float32)
+    kwargs = {"kernel_size": 2, "stride": 2, "padding": 0}
+    _pool_ok(op, x, **{**kwargs, name: good})
+    _pool_ok(op, x, **{**kwargs, name: good})     # now certainly from the cache
+    with pytest.raises(TypeError, match=name):
+        getattr(impl, op)(x, **{**kwargs, name: bad})
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_pool_cached_arguments_follow_dtype_rank_layout_and_ceil_mode(op):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
+    for _ in range(2):
+        assert _pool_ok(op, x, 3, 2, 1).shape == (2, 3, 4, 4)
+        assert _pool_ok(op, x, 3, 2, 1, ceil_mode=True).shape == (2, 3, 4, 4)
+        assert _pool_ok(op, x, 2, ceil_mode=True).shape == (2, 3, 4, 4)
+        assert _pool_ok(op, x, 2).shape == (2, 3, 3, 3)
+        assert _pool_ok(op, x.astype(np.float64), 2).dtype == np.float64
+        assert _pool_ok(op, x.astype(">f4"), 2).dtype == np.float32
+        assert _pool_ok(op, x[0], 2).shape == (3, 3, 3)                        # one image
+        assert _pool_ok(op, x[0, 0], 2).shape == (3, 3)                        # 2-D
+        assert _pool_ok(op, x, 2, layout="NHWC").shape == (2, 1, 3, 7)     # H 3, W 7, C 7
+        assert _pool_ok(op, x, 2, padding="same").shape == (2, 3, 4, 4)
+        # Lists, NumPy integers and non-bool ceil_mode are not cached, and still accepted.
+        _pool_ok(op, x, [2, 2], stride=np.int64(2), ceil_mode=1)
+    with pytest.raises(ValueError, match="at most half"):
+        getattr(fastconv, op)(x, 2, padding=2)
+    with pytest.raises(ValueError, match="larger than"):
+        getattr(fastconv, op)(x[:, :, :1], 3)
+
+
+def test_pool_argument_cache_is_bounded():
+    from fastconv import _validate
+
+    for size in range(1, _validate.POOL_CACHE_SIZE + 20):
+        fastconv.max_pool2d(np.ones((1, 1, 1, size), np.float32), 1)
+    assert 0 < len(_validate._pool_cache) <= _validate.POOL_CACHE_SIZE
