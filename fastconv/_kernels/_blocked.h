@@ -90,10 +90,13 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
 #if FC_VECTOR_EXT
 
 /* pix micro-kernels: tile[r][j] = sum_k w[k * ROWS + r] * x[off[k] + j], r < ROWS,
- * j < VECS * VLEN; NAME_f32 and NAME_f64. */
+ * j < VECS * VLEN; NAME_f32 and NAME_f64. Not inlined: inside the driver GCC kept one of the
+ * AVX2 kernel's 12 accumulators on the stack (a store and a reload on every tap, half of the
+ * loop's samples); compiled on its own the loop holds all of them in registers, and the call
+ * costs nothing next to K taps. */
 #define FC_DEFINE_PIX_KERNEL(T, SUF, NAME, ROWS, VECS)                                         \
-    static inline void NAME##_##SUF(const T *x, const ptrdiff_t *off, const T *w,              \
-                                    ptrdiff_t K, T *tile) {                                    \
+    static __attribute__((noinline)) void NAME##_##SUF(const T *x, const ptrdiff_t *off,       \
+                                                       const T *w, ptrdiff_t K, T *tile) {     \
         fc_vec_##SUF acc[ROWS][VECS];                                                          \
         ptrdiff_t k;                                                                           \
         int r, j;                                                                              \
