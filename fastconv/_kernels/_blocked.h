@@ -265,19 +265,19 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
 #define FC_NO_LIBC_PATTERNS
 #endif
 #define FC_DEFINE_PREP_ROW(T, SUF)                                                             \
-    static inline FC_NO_LIBC_PATTERNS void fc_prep_row_##SUF(T *dst, const T *src,            \
+    static inline FC_NO_LIBC_PATTERNS void fc_prep_row_##SUF(T *dst, const T *src,             \
                                                              ptrdiff_t n, ptrdiff_t zl,        \
                                                              ptrdiff_t zr) {                   \
         ptrdiff_t i = 0;                                                                       \
         for (; i < zl; i++) dst[i] = (T)0;                                                     \
         dst += zl;                                                                             \
         i = 0;                                                                                 \
-        FC_PREP_VECTOR_COPY(T, SUF)                                                               \
+        FC_PREP_VECTOR_COPY(T, SUF)                                                            \
         for (; i < n; i++) dst[i] = src[i];                                                    \
         for (i = n; i < n + zr; i++) dst[i] = (T)0;                                            \
     }
 #if FC_VECTOR_EXT
-#define FC_PREP_VECTOR_COPY(T, SUF)                                                               \
+#define FC_PREP_VECTOR_COPY(T, SUF)                                                            \
         for (; i + 2 * FC_VLEN(T) <= n; i += 2 * FC_VLEN(T)) {                                 \
             fc_vec_##SUF v0 = FC_LOAD(SUF, src + i), v1 = FC_LOAD(SUF, src + i + FC_VLEN(T));  \
             FC_STORE(SUF, dst + i, v0);                                                        \

@@ -16,7 +16,6 @@ def streaming_stores():
     return bool(fc_stream_ok())
 
 
-
 def relu(
     const floating[::1] x,     # IN  flat
     floating[::1] out,         # OUT flat, same length; may be the same buffer as x
