@@ -76,8 +76,7 @@ static inline int fc_pool_vector(void) { return FC_POOL_VECTOR; }
     /* The outputs of stride-s taps in order (see FC_LANE). */                                 \
     static inline __attribute__((always_inline)) fc_vec_##SUF fc_pool_unlane_##SUF(           \
             fc_vec_##SUF v, ptrdiff_t s) {                                                     \
-        if (s == 1 || FC_VBYTES == 16) return v;                                               \
-        return FC_UNLANE(SUF, v);                                                              \
+        return s == 1 ? v : FC_UNLANE(SUF, v);                                                 \
     }                                                                                          \
                                                                                                \
     /* One NCHW output row, columns [j0, j1): column j's window is rows [h0, h1) x columns     \

@@ -51,39 +51,37 @@ static inline void fc_stream_fence(void) { _mm_sfence(); }
 static inline void fc_stream_fence(void) {}
 #endif
 
-/* The scalar form of each operation, also the head and tail of the streaming loops. */
-#define FC_STREAM_OP_relu(T, v) ((v) <= 0 ? (T)0 : (v))
+/* ReLU as the scalar loop computes it: the head and tail of the streaming loop. */
+#define FC_RELU_SCALAR(T, v) ((v) <= 0 ? (T)0 : (v))
 
 #if FC_STREAM
 /* "v <= 0" is false for NaN, so NaN lanes keep v, as in the scalar form; -0.0 becomes +0.0. */
-#define FC_STREAM_VOP_relu(SUF, v)                                                             \
-    ((fc_vec_##SUF)(~(fc_ivec_##SUF)((v) <= FC_ZERO(SUF)) & (fc_ivec_##SUF)(v)))
-
-#define FC_DEFINE_STREAM(T, SUF, OP)                                                           \
-    static inline void fc_##OP##_stream_##SUF(T *dst, const T *src, ptrdiff_t n) {             \
+#define FC_DEFINE_RELU_STREAM(T, SUF)                                                          \
+    static inline void fc_relu_stream_##SUF(T *dst, const T *src, ptrdiff_t n) {               \
         const ptrdiff_t V = FC_VLEN(T);                                                        \
         ptrdiff_t i = 0;                                                                       \
         /* Elements up to the first vector-aligned one (dst is element-aligned). */            \
         ptrdiff_t head = (ptrdiff_t)(((FC_VBYTES - ((uintptr_t)dst % FC_VBYTES)) % FC_VBYTES)  \
                                      / sizeof(T));                                             \
         if (head > n) head = n;                                                                \
-        for (; i < head; i++) dst[i] = FC_STREAM_OP_##OP(T, src[i]);                           \
+        for (; i < head; i++) dst[i] = FC_RELU_SCALAR(T, src[i]);                              \
         for (; i + V <= n; i += V) {                                                           \
             fc_vec_##SUF v = FC_LOAD(SUF, src + i);                                            \
-            FC_STREAM_##SUF(dst + i, FC_STREAM_VOP_##OP(SUF, v));                              \
+            FC_STREAM_##SUF(dst + i, (fc_vec_##SUF)(~(fc_ivec_##SUF)(v <= FC_ZERO(SUF))        \
+                                                    & (fc_ivec_##SUF)v));                      \
         }                                                                                      \
-        for (; i < n; i++) dst[i] = FC_STREAM_OP_##OP(T, src[i]);                              \
+        for (; i < n; i++) dst[i] = FC_RELU_SCALAR(T, src[i]);                                 \
     }
 #else
 /* Never called (the Cython side checks fc_stream_ok()); the plain loop keeps it correct. */
-#define FC_DEFINE_STREAM(T, SUF, OP)                                                           \
-    static inline void fc_##OP##_stream_##SUF(T *dst, const T *src, ptrdiff_t n) {             \
+#define FC_DEFINE_RELU_STREAM(T, SUF)                                                          \
+    static inline void fc_relu_stream_##SUF(T *dst, const T *src, ptrdiff_t n) {               \
         ptrdiff_t i;                                                                           \
-        for (i = 0; i < n; i++) dst[i] = FC_STREAM_OP_##OP(T, src[i]);                         \
+        for (i = 0; i < n; i++) dst[i] = FC_RELU_SCALAR(T, src[i]);                            \
     }
 #endif
 
-FC_DEFINE_STREAM(float, f32, relu)
-FC_DEFINE_STREAM(double, f64, relu)
+FC_DEFINE_RELU_STREAM(float, f32)
+FC_DEFINE_RELU_STREAM(double, f64)
 
 #endif
