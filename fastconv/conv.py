@@ -48,6 +48,8 @@ BLOCKED_MIN_CHANNELS = {"NCHW": 4, "NHWC": 4}
 # Scratch buffers of the blocked kernel up to this size are kept between calls, per Python
 # thread (see _scratch_array).
 SCRATCH_CACHE_BYTES = 64 * 2**20
+# Views of those buffers kept per Python thread, by slot, shape and dtype.
+SCRATCH_VIEWS = 64
 _scratch = threading.local()
 
 # Multiply-adds worth a thread of the blocked kernel (below that one thread does it all), when
@@ -252,8 +254,11 @@ def _uses_blocked(args: _validate.ConvArgs) -> bool:
 
 def _macs(args: _validate.ConvArgs) -> int:
     """Multiply-adds of the forward convolution (each GEMM of the backward pass has as many)."""
-    g = args.geometry
-    return g.n * args.c_out * g.out_pixels * (g.c // args.groups) * g.kernel_h * g.kernel_w
+    return _geometry_macs(args.geometry, args.groups, args.c_out)
+
+
+def _geometry_macs(g: _validate.Geometry, groups: int, c_out: int) -> int:
+    return g.n * c_out * g.out_pixels * (g.c // groups) * g.kernel_h * g.kernel_w
 
 
 def _pixel_chunk(n_qblocks: int, threads: int, groups: int) -> int:
@@ -297,7 +302,9 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _blocked_plan(args: _validate.ConvArgs):
+@functools.lru_cache(maxsize=256)
+def _blocked_plan_for(g: _validate.Geometry, groups: int, c_out: int, layout: str,
+                      itemsize: int):
     """Offsets, block counts and scratch sizes of the blocked kernel for these arguments.
 
     Returns ``(off, n_cb, block, n_qblocks, Hs, Ws, prepared, buf_len)``: ``off``
@@ -305,13 +312,6 @@ def _blocked_plan(args: _validate.ConvArgs):
     relative to the pixel; an image preparation writes ``prepared`` elements of a ``buf_len``
     scratch row.
     """
-    return _blocked_plan_for(args.geometry, args.groups, args.c_out, args.layout,
-                             args.dtype.itemsize)
-
-
-@functools.lru_cache(maxsize=256)
-def _blocked_plan_for(g: _validate.Geometry, groups: int, c_out: int, layout: str,
-                      itemsize: int):
     nhwc = layout == "NHWC"
     cig, cog = g.c // groups, c_out // groups
     hs, ws = _prepared_grid(g)
@@ -340,13 +340,14 @@ def _slack_len(prepared: int, grid_pixels: int, off) -> int:
     return max(prepared, grid_pixels + int(off.max()))
 
 
-def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int):
-    """The weight as (groups, co blocks, K, block), zero-filled past the last channel, in a
-    reused scratch buffer (see _scratch_array)."""
+def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int,
+                         layout: Optional[str] = None):
+    """The weight (in ``layout``, default args.layout) as (groups, co blocks, K, block),
+    zero-filled past the last channel, in a reused scratch buffer (see _scratch_array)."""
     groups, cog = args.groups, args.c_out // args.groups
     k = w.size // args.c_out
     packed = _scratch_array("weight", (groups, n_cb, k, block), args.dtype)
-    if args.layout == "NHWC":
+    if (layout or args.layout) == "NHWC":
         wk = w.reshape(k, groups, cog).transpose(1, 2, 0)   # HWIO: K = (kh, kw, ci)
     else:
         wk = w.reshape(groups, cog, k)                      # OIHW: K = (ci, kh, kw)
@@ -362,18 +363,29 @@ def _scratch_array(slot: str, shape, dtype) -> np.ndarray:
     than the whole convolution of a small image; reusing the buffer avoids it. Buffers over
     SCRATCH_CACHE_BYTES are not kept.
     """
+    try:
+        views = _scratch.views
+    except AttributeError:
+        views = _scratch.views = {}
+        _scratch.buffers = {}
+    key = (slot, shape, dtype)
+    view = views.get(key)
+    if view is not None:   # the same request as before: the same array (1.5 us saved)
+        return view
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > SCRATCH_CACHE_BYTES:
         return np.empty(shape, dtype=dtype)
-    try:
-        buffers = _scratch.buffers
-    except AttributeError:
-        buffers = _scratch.buffers = {}
+    buffers = _scratch.buffers
     buf = buffers.get(slot)
     if buf is None or buf.nbytes < nbytes:
         buf = buffers[slot] = np.empty(max(nbytes, 64), dtype=np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
+        for old in [k for k in views if k[0] == slot]:   # views of the replaced buffer
+            del views[old]
+    if len(views) >= SCRATCH_VIEWS:
+        views.clear()
+    view = views[key] = buf[:nbytes].view(dtype).reshape(shape)
+    return view
 
 
 def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
@@ -389,27 +401,39 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     if g.n == 0 or g.out_pixels == 0:
         return
     out_nhwc = _pix_for_nhwc(args)
+    layout = args.layout
     if out_nhwc:
         x = x.reshape(g.n, 1, g.h, g.w)
         w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
-        args = dataclasses.replace(args, x=x, weight=w, layout="NCHW")
-    elif args.layout == "NHWC" and _is_pointwise(g):
+        layout = "NCHW"
+    elif layout == "NHWC" and _is_pointwise(g):
         _conv_pointwise_nhwc(x, w, bias, out4, args, n_threads)
         return
-    off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len = _blocked_plan(args)
-    wpack = _pack_blocked_weight(w, args, n_cb, block)
-    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks, _whole_images(g.n, n_threads))
-    # Whole images per thread when they share out evenly enough; else one image at a time,
-    # split into (group, pixel chunk) items.
-    per_image = threads > 1 and _whole_images(g.n, threads)
+    (off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len, threads, per_image,
+     chunk) = _blocked_launch(g, args.groups, args.c_out, layout, args.dtype.itemsize, n_threads)
+    wpack = _pack_blocked_weight(w, args, n_cb, block, layout)
     xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
     # Every image preparation rewrites its first `prepared` elements; the slack after them
     # (read by the last NCHW pixel block, never stored) must hold finite values.
     xs_buf[:, prepared:] = 0
-    _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, args.layout == "NHWC",
+    _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, layout == "NHWC",
                             g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
-                            _pixel_chunk(n_qblocks, threads, args.groups), False,
-                            args.activation == "relu", threads, out_nhwc)
+                            chunk, False, args.activation == "relu", threads, out_nhwc)
+
+
+@functools.lru_cache(maxsize=256)
+def _blocked_launch(g: _validate.Geometry, groups: int, c_out: int, layout: str, itemsize: int,
+                    n_threads: int):
+    """_blocked_plan_for's plan followed by ``(threads, per_image, chunk)``: how _conv_blocked
+    runs a call with at most ``n_threads``. Cached, like _planes_launch."""
+    plan = _blocked_plan_for(g, groups, c_out, layout, itemsize)
+    n_cb, n_qblocks = plan[1], plan[3]
+    threads = _blocked_threads(_geometry_macs(g, groups, c_out), g.n * groups, n_threads,
+                               n_cb * n_qblocks, _whole_images(g.n, n_threads))
+    # Whole images per thread when they share out evenly enough; else one image at a time,
+    # split into (group, pixel chunk) items.
+    per_image = threads > 1 and _whole_images(g.n, threads)
+    return plan + (threads, per_image, _pixel_chunk(n_qblocks, threads, groups))
 
 
 def _whole_images(n: int, threads: int) -> bool:
@@ -418,14 +442,13 @@ def _whole_images(n: int, threads: int) -> bool:
     return n % threads == 0 or n >= 4 * threads
 
 
-def _blocked_threads(args: _validate.ConvArgs, n_threads: int, items: int,
+def _blocked_threads(macs: int, planes: int, n_threads: int, items: int,
                      one_region: bool) -> int:
-    """Threads for a blocked call with ``items`` (channel block, pixel block) pairs per image
-    and group; ``one_region``: the call is one parallel region (whole images per thread, or
+    """Threads for a blocked call of ``macs`` multiply-adds with ``items`` (channel block,
+    pixel block) pairs per plane (image and group); ``one_region``: the call is one parallel region (whole images per thread, or
     an image that needs no preparation), not two per image."""
     per_thread = BLOCKED_MACS_PER_THREAD if one_region else BLOCKED_SPLIT_MACS_PER_THREAD
-    return _threads.for_work(n_threads, _macs(args) // per_thread,
-                             args.geometry.n * args.groups * items, min_per_thread=1)
+    return _threads.for_work(n_threads, macs // per_thread, planes * items, min_per_thread=1)
 
 
 def _uses_planes(args: _validate.ConvArgs) -> bool:
@@ -460,7 +483,7 @@ def _planes_plan(g: _validate.Geometry, groups: int, itemsize: int, band_rows: i
     """``(off, Hs, Ws, n_qblocks, prepared, buf_len)`` of the one-output-channel kernel: the
     tap offsets into one group's prepared plane (read-only), the pixel blocks of one work item
     (a plane, or a band of ``band_rows`` output rows) and the scratch row it needs (see
-    _blocked_plan)."""
+    _blocked_plan_for)."""
     cig = g.c // groups
     hs, ws = _prepared_grid(g)
     off = _tap_offsets(g, cig, cig, False)
@@ -471,6 +494,29 @@ def _planes_plan(g: _validate.Geometry, groups: int, itemsize: int, band_rows: i
     else:
         prepared = g.stride_h * g.stride_w * cig * hs * ws
     return off, hs, ws, n_qblocks, prepared, _slack_len(prepared, n_qblocks * q_block, off)
+
+
+@functools.lru_cache(maxsize=256)
+def _planes_launch(g: _validate.Geometry, groups: int, itemsize: int, n_threads: int):
+    """``(threads, band_rows, off, hs, ws, n_qblocks, band_in_rows, buf_len, zero_from)``:
+    how _conv_planes runs a call with at most ``n_threads``. Cached: working it out costs
+    about 5 us, a third of a small call."""
+    planes = g.n * groups
+    # The threads the work is worth (bands of PLANE_BAND_MIN_ROWS at most), then the bands.
+    threads = _threads.for_work(n_threads, _geometry_macs(g, groups, groups)
+                                // PLANES_MACS_PER_THREAD,
+                                planes * -(-g.out_h // PLANE_BAND_MIN_ROWS), min_per_thread=1)
+    band_rows = _plane_band_rows(g, groups, itemsize, threads)
+    off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, groups, itemsize, band_rows)
+    n_bands = -(-g.out_h // band_rows)
+    # Each thread's scratch row is zeroed from here on (see _conv_planes). The last, shorter
+    # band prepares fewer rows, and its last pixel blocks read on into the rows after them
+    # (for outputs it discards): from there on the row holds zeros or rows an earlier band
+    # prepared, never stale memory.
+    last_band = g.out_h - (n_bands - 1) * band_rows
+    zero_from = min(prepared, (last_band + prepared // ws - band_rows) * ws)
+    return (min(threads, planes * n_bands), band_rows, off, hs, ws, n_qblocks, prepared // ws,
+            buf_len, zero_from)
 
 
 def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
@@ -485,25 +531,13 @@ def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     if args.layout == "NHWC":   # one channel: the same memory as NCHW
         x = x.reshape(g.n, 1, g.h, g.w)
         out4 = out4.reshape(g.n, 1, g.out_h, g.out_w)
-    itemsize = args.dtype.itemsize
-    planes = g.n * args.groups
-    # The threads the work is worth (bands of PLANE_BAND_MIN_ROWS at most), then the bands.
-    threads = _threads.for_work(n_threads, _macs(args) // PLANES_MACS_PER_THREAD,
-                                planes * -(-g.out_h // PLANE_BAND_MIN_ROWS), min_per_thread=1)
-    band_rows = _plane_band_rows(g, args.groups, itemsize, threads)
-    off, hs, ws, n_qblocks, prepared, buf_len = _planes_plan(g, args.groups, itemsize,
-                                                            band_rows)
-    n_bands = -(-g.out_h // band_rows)
-    threads = min(threads, planes * n_bands)
+    (threads, band_rows, off, hs, ws, n_qblocks, band_in_rows, buf_len,
+     zero_from) = _planes_launch(g, args.groups, args.dtype.itemsize, n_threads)
     xs_buf = _scratch_array("image", (threads, buf_len), args.dtype)
-    # Zeroed past what a work item prepares. The last, shorter band prepares fewer rows, and
-    # its last pixel blocks read on into the rows after them (for outputs it discards): from
-    # there on the buffer holds zeros or rows an earlier band prepared, never stale memory.
-    last_band = g.out_h - (n_bands - 1) * band_rows
-    xs_buf[:, min(prepared, (last_band + prepared // ws - band_rows) * ws):] = 0
+    xs_buf[:, zero_from:] = 0
     _blocked.conv2d_planes(x, w.reshape(args.c_out, -1), off, bias, out4, xs_buf, g.stride_h,
                            g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks, band_rows,
-                           prepared // ws, args.activation == "relu", threads)
+                           band_in_rows, args.activation == "relu", threads)
 
 
 def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:
@@ -516,7 +550,7 @@ def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: 
     off = np.ascontiguousarray(np.arange(groups)[:, None] * cig + np.arange(cig), dtype=np.intp)
     pixels = g.n * g.h * g.w
     n_qblocks = -(-pixels // sizes["ch_pixels"])
-    threads = _blocked_threads(args, n_threads, n_cb * n_qblocks, True)
+    threads = _blocked_threads(_macs(args), g.n * groups, n_threads, n_cb * n_qblocks, True)
     _blocked.conv2d_blocked(
         x.reshape(1, pixels, 1, g.c), _pack_blocked_weight(w, args, n_cb, sizes["ch_cols"]),
         off, bias, out4.reshape(1, pixels, 1, args.c_out), np.zeros((1, 1), dtype=args.dtype),

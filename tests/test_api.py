@@ -293,6 +293,23 @@ def test_default_num_threads_honours_omp_num_threads(monkeypatch, env, expected)
     assert fastconv.get_num_threads() == 1
 
 
+def test_default_thread_count_is_read_once(monkeypatch):
+    """Like OpenMP, the default is read once: a changed OMP_NUM_THREADS takes effect on
+    set_num_threads(None), not on the next call."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    fastconv.set_num_threads(None)
+    assert fastconv.get_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert fastconv.get_num_threads() == 3
+    assert _threads.resolve(None, "conv2d") == 3
+    assert _threads.default_num_threads() == 5   # what set_num_threads(None) would read
+    fastconv.set_num_threads(None)
+    assert fastconv.get_num_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    fastconv.set_num_threads(None)
+    assert fastconv.get_num_threads() == _cores()
+
+
 def test_default_num_threads_without_env(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert _threads.default_num_threads() == _cores()

@@ -159,7 +159,7 @@ BAND_CASES = [   # (n, c = groups, h, w, kernel, kw): stride 1, one input channe
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, c, h, w, kernel, kw", BAND_CASES)
 @pytest.mark.parametrize("band_bytes", [1, 2000, 2**20])
-def test_one_channel_kernel_in_row_bands(monkeypatch, dtype, n, c, h, w, kernel, kw,
+def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w, kernel, kw,
                                          band_bytes):
     """Large planes (or fewer planes than threads) are split into bands of output rows, each
     prepared and computed on its own: the results must be the reference's and bit-identical
@@ -169,6 +169,10 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, dtype, n, c, h, w, kernel,
     whole = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=1,
                             activation="relu", **kw)
     monkeypatch.setattr(conv_module, "PLANE_BAND_BYTES", band_bytes)
+    # The launch plans are cached by shape: none made with the real band size may serve
+    # this test, and none made with the patched one may outlive it.
+    conv_module._planes_launch.cache_clear()
+    request.addfinalizer(conv_module._planes_launch.cache_clear)
     args = _validate.conv_args(x, wt, b, 1, kw.get("padding", 0), kw.get("dilation", 1), c,
                                "NCHW", "relu", "test")
     g = args.geometry
@@ -270,6 +274,63 @@ def test_scratch_reuse_across_sizes_and_dtypes(layout):
              (np.float64, 3, 8, 9, 7, 9), (np.float32, 2, 16, 20, 20, 24)]
     for dtype, n, c_in, h, w, c_out in calls:
         check(layout, dtype, n, c_in, h, w, c_out, (3, 3), padding=1)
+
+
+def test_scratch_views_are_reused_and_follow_their_buffer(monkeypatch):
+    """A repeated scratch request returns the same view; a larger one replaces the slot's
+    buffer and drops the views of the old one; the kept views stay bounded; requests over
+    SCRATCH_CACHE_BYTES get fresh memory."""
+    scratch = conv_module._scratch_array
+    a = scratch("test slot", (3, 5), np.float32)
+    assert scratch("test slot", (3, 5), np.float32) is a
+    b = scratch("test slot", (2, 3), np.float64)   # fits in the same buffer
+    assert np.shares_memory(a, b) and b.dtype == np.float64 and b.shape == (2, 3)
+    big = scratch("test slot", (1000, 100), np.float32)   # replaces the buffer
+    assert not np.shares_memory(big, a)
+    again = scratch("test slot", (3, 5), np.float32)
+    assert again is not a and np.shares_memory(again, big)
+    assert scratch("other slot", (3, 5), np.float32) is not again
+    monkeypatch.setattr(conv_module, "SCRATCH_VIEWS", 4)
+    for rows in range(1, 12):
+        scratch("test slot", (rows, 3), np.float32)
+        assert len(conv_module._scratch.views) <= 4
+    monkeypatch.setattr(conv_module, "SCRATCH_CACHE_BYTES", 64)
+    huge = scratch("test slot", (5, 5), np.float32)
+    assert not np.shares_memory(huge, scratch("test slot", (5, 5), np.float32))
+
+
+@pytest.mark.skipif(not fastconv.config()["openmp"], reason="built without OpenMP")
+@pytest.mark.parametrize("shape, c_out, groups", [
+    ((2, 16, 30, 30), 16, 16),     # one-channel kernel
+    ((2, 8, 30, 30), 16, 1),       # blocked kernel
+])
+def test_cached_launch_plans_follow_the_thread_limit(monkeypatch, shape, c_out, groups):
+    """The launch plans are cached per thread limit: alternating 1 and 2 threads on one shape
+    runs each call on its own count, with bit-identical, correct results."""
+    x, wt, b = problem("NCHW", np.float32, shape[0], shape[1], shape[2], shape[3], c_out,
+                       (3, 3), groups=groups)
+    name = "conv2d_planes" if groups == c_out else "conv2d_blocked"
+    kernel = getattr(blocked, name)
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1] if name == "conv2d_planes" else args[17])
+        return kernel(*args)
+
+    monkeypatch.setattr(blocked, name, spy)
+    monkeypatch.setattr(conv_module, "PLANES_MACS_PER_THREAD", 1)
+    monkeypatch.setattr(conv_module, "BLOCKED_MACS_PER_THREAD", 1)
+    conv_module._planes_launch.cache_clear()
+    conv_module._blocked_launch.cache_clear()
+    want = reference.conv2d(x, wt, b, padding=1, groups=groups)
+    results = [fastconv.conv2d(x, wt, b, padding=1, groups=groups, algorithm="direct",
+                               num_threads=t) for t in (1, 2, 1, 2)]
+    conv_module._planes_launch.cache_clear()
+    conv_module._blocked_launch.cache_clear()
+    assert seen == [1, 2, 1, 2]
+    assert_close(results[0], want, np.float32, 9 * shape[1] // groups)
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
 
 
 def test_python_threads_do_not_share_scratch():
