@@ -39,6 +39,9 @@ AUTO_POINTWISE_MIN_MACS = 2**28
 # Measured against those loops (python -m fastconv bench --algorithms all): LeNet's first layer
 # (reduction 25, 6 channels) runs 2x faster with im2col in NCHW, 20% slower in NHWC.
 AUTO_MIN_REDUCTION = {"NCHW": 16, "NHWC": 32}
+# Small NHWC calls (under AUTO_BLOCKED_MIN_MACS) whose outputs fill most of the ch kernel's
+# channel block run it from this many output pixels per image (see choose_algorithm).
+AUTO_SMALL_NHWC_MIN_PIXELS = 81
 AUTO_MIN_CHANNELS = {"NCHW": 4, "NHWC": 8}
 
 # The direct algorithm runs the register-blocked kernel when a group has at least this many
@@ -123,8 +126,8 @@ def conv2d(
         the window. ``"im2col"`` builds the column matrix tile by tile and multiplies with
         NumPy's BLAS. ``"auto"`` chooses by layer shape and size (see
         :func:`fastconv.conv.choose_algorithm`): the blocked kernel for dense layers, im2col
-        for NCHW 1x1 layers and for most NHWC calls under about a million multiply-adds. All
-        give the same answers up to rounding.
+        for NCHW 1x1 layers and for NHWC calls under about a million multiply-adds with few
+        output channels or pixels. All give the same answers up to rounding.
     out : ndarray, optional
         Written in place and returned; must have the exact result shape and dtype.
     num_threads : int, optional
@@ -202,15 +205,19 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     Calls under about a million multiply-adds follow the older rule (_gemm_or_loops), except
     NCHW ones with at least a pixel block of outputs per image, where the blocked kernel on
     one thread wins (LeNet at batch 1: conv1 17 against 21 us, conv2 19 against 25; 32->32
-    8x8: 28 against 37; but 64->64 4x4, 16 pixels: 63 against 38).
+    8x8: 28 against 37; but 64->64 4x4, 16 pixels: 63 against 38), and NHWC ones with more
+    than half a channel block of outputs and at least 81 output pixels per image (2-core
+    AVX2 machine, where LeNet conv2 fills the 16-channel block, direct against im2col:
+    batch 1 42 against 62 us, batch 8 99 against 533; float32 16->16 14x14 54 against 89,
+    16->24 10x10 35 against 49; float64 8->8 9x9 batch 2 48 against 70; but 32->64 7x7 82
+    against 80, 64->64 4x4 98 against 79, and float64 16->16 8x8 63 against 50).
     """
     if not _uses_blocked(args):
         return _gemm_or_loops(args)
     g = args.geometry
     macs = _macs(args)
     if macs < AUTO_BLOCKED_MIN_MACS:
-        if (args.layout == "NCHW" and not _is_pointwise(g)
-                and g.out_pixels >= _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]):
+        if not _is_pointwise(g) and _small_call_runs_blocked(args):
             return "direct"
         return _gemm_or_loops(args)
     if _is_pointwise(g):
@@ -218,6 +225,16 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     if _few_nhwc_outputs(args):
         return _gemm_or_loops(args)
     return "direct"
+
+
+def _small_call_runs_blocked(args: _validate.ConvArgs) -> bool:
+    """Whether "auto" runs the blocked kernel on a call under AUTO_BLOCKED_MIN_MACS (not 1x1):
+    NCHW with at least a pixel block of outputs per image; NHWC with a channel block more
+    than half used and at least AUTO_SMALL_NHWC_MIN_PIXELS outputs per image."""
+    g = args.geometry
+    if args.layout == "NCHW":
+        return g.out_pixels >= _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]
+    return not _few_nhwc_outputs(args) and g.out_pixels >= AUTO_SMALL_NHWC_MIN_PIXELS
 
 
 def _gemm_or_loops(args: _validate.ConvArgs) -> str:

@@ -6,6 +6,7 @@ both ways of sharing out a batch, scratch reuse, non-finite values and "auto"'s 
 from __future__ import annotations
 
 import importlib
+import math
 import threading
 
 import numpy as np
@@ -414,18 +415,27 @@ def test_auto_choice_for_large_calls(layout):
     older = "im2col" if half_block >= conv_module.AUTO_MIN_CHANNELS["NHWC"] else "direct"
     assert _auto(layout, 32, 64, 56, half_block, (3, 3)) == (
         older if layout == "NHWC" else "direct")
-    # Below the size threshold, the older rule (NHWC; NCHW below a pixel block of outputs).
+    # Below the size threshold, the older rule, except for NCHW from a pixel block of outputs
+    # per image on, and NHWC from AUTO_SMALL_NHWC_MIN_PIXELS outputs when they fill more than
+    # half a channel block.
     if layout == "NCHW":
         pixels = block_sizes(np.float32)["pix_pixels"]
         assert _auto(layout, 1, 1, 28, 6, (5, 5)) == "direct"          # LeNet conv1
         assert _auto(layout, 1, 64, 4, 64, (3, 3)) == ("im2col" if pixels > 16 else "direct")
         return
-    assert _auto(layout, 1, 6, 14, 16, (5, 5)) == conv_module._gemm_or_loops(
-        _validate.conv_args(np.zeros((1, 6, 14, 14) if layout == "NCHW" else (1, 14, 14, 6),
-                                     np.float32),
-                            np.zeros((16, 6, 5, 5) if layout == "NCHW" else (5, 5, 6, 16),
-                                     np.float32),
-                            None, 1, "same", 1, 1, layout, None, "test"))
+    cols = block_sizes(np.float32)["ch_cols"]
+    filled, few = cols // 2 + 1, cols // 2
+    min_pixels = conv_module.AUTO_SMALL_NHWC_MIN_PIXELS
+    side = math.isqrt(min_pixels - 1) + 1        # the smallest square image with enough pixels
+    def older(c_out):   # reduction 144: im2col from AUTO_MIN_CHANNELS outputs on
+        return "im2col" if c_out >= conv_module.AUTO_MIN_CHANNELS["NHWC"] else "direct"
+
+    assert _auto(layout, 1, 16, side, filled, (3, 3)) == "direct"
+    assert _auto(layout, 1, 16, side - 1, filled, (3, 3)) == older(filled)
+    assert _auto(layout, 1, 16, side, few, (3, 3)) == older(few)
+    assert _auto(layout, 1, 16, side, 4, (3, 3)) == "direct"        # the older rule's loops
+    assert _auto(layout, 1, 6, 14, 16, (5, 5)) == (                   # LeNet conv2
+        "direct" if 2 * 16 > cols else "im2col")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

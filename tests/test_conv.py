@@ -226,10 +226,12 @@ def test_im2col_tiles_with_partial_rows_match_reference(monkeypatch, layout, ker
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_auto_follows_documented_heuristic(layout, cig, kernel, cog, groups, expected):
     """"auto" gives bit for bit the result of the algorithm its documentation says it picks:
-    the older rule of AUTO_CASES, except that small NCHW calls with a blocked kernel's worth
-    of output channels and 81 output pixels (more than a pixel block in float64) run it."""
+    the older rule of AUTO_CASES, except that small calls with a blocked kernel's worth of
+    output channels and 81 output pixels (more than a pixel block in float64) run it: in
+    NCHW always, in NHWC when the outputs fill more than half a channel block."""
     expected = expected[LAYOUTS.index(layout)]
-    if layout == "NCHW" and cog >= conv_module.BLOCKED_MIN_CHANNELS["NCHW"]:
+    if cog >= conv_module.BLOCKED_MIN_CHANNELS[layout] and (
+            layout == "NCHW" or 2 * cog > conv_module._blocked.block_sizes(8)["ch_cols"]):
         expected = "direct"
     case = Case("auto", 2, cig * groups, 9, 9, cog * groups, kernel, padding=1, groups=groups)
     x, w, _ = make_problem(case, layout, np.float64, seed=7)
