@@ -48,12 +48,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for label, rule in rules.items():
                 conv._plane_band_rows = rule
-                conv._planes_launch.cache_clear()   # launch plans are cached per shape
+                conv._clear_launch_caches()   # launch plans are cached per shape
                 call = lambda: fastconv.conv2d(x, w, padding=1, groups=groups,  # noqa: E731
                                                num_threads=threads)
                 times[label].append(min(timeit.repeat(call, number=number, repeat=3)) / number)
         conv._plane_band_rows = banded_rule
-        conv._planes_launch.cache_clear()
+        conv._clear_launch_caches()
         bands, whole = (float(np.median(times[k])) for k in ("bands", "whole"))
         print(f"{name:<28}{bands * 1e3:>8.3f}{whole * 1e3:>8.3f}  {whole / bands:.2f}")
 

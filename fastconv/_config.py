@@ -24,7 +24,8 @@ def config() -> Dict[str, Any]:
     ``openmp_wait_policy`` (see :mod:`fastconv._openmp_env`), ``cpu_level`` (the instruction
     set of the kernels in use) and ``cpu_dispatch`` (why; see :mod:`fastconv._isa`),
     ``num_threads`` (the
-    current default of every op), ``default_num_threads``, ``compiler``, ``compile_args``,
+    current default of every op), ``default_num_threads`` (what ``set_num_threads(None)``
+    would read from the environment now), ``compiler``, ``compile_args``,
     ``link_args``, ``numpy_build_version``, ``numpy_runtime_version``, ``cython_version``,
     ``python_version``, ``buffer_pool_max_bytes`` (see :func:`fastconv.set_buffer_pool`).
 

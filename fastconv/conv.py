@@ -378,7 +378,8 @@ def _scratch_array(slot: str, shape, dtype) -> np.ndarray:
     Fresh memory costs a page fault per 4 KiB page on first touch (about 5 us each on this
     kind of virtual machine: 0.5 ms for a ResNet layer's packed weight and image), more
     than the whole convolution of a small image; reusing the buffer avoids it. Buffers over
-    SCRATCH_CACHE_BYTES are not kept.
+    SCRATCH_CACHE_BYTES are not kept. A request that repeats an earlier one (slot, shape and
+    dtype) returns the same array object; up to SCRATCH_VIEWS of them are kept.
     """
     try:
         views = _scratch.views
@@ -453,6 +454,13 @@ def _blocked_launch(g: _validate.Geometry, groups: int, c_out: int, layout: str,
     return plan + (threads, per_image, _pixel_chunk(n_qblocks, threads, groups))
 
 
+def _clear_launch_caches() -> None:
+    """Forget the cached launch plans (for code that changes the thresholds they follow,
+    such as tests patching BLOCKED_MACS_PER_THREAD or PLANE_BAND_BYTES)."""
+    _blocked_launch.cache_clear()
+    _planes_launch.cache_clear()
+
+
 def _whole_images(n: int, threads: int) -> bool:
     """Whether a batch of ``n`` images shares out evenly enough over ``threads`` for each
     thread to take whole images."""
@@ -462,8 +470,9 @@ def _whole_images(n: int, threads: int) -> bool:
 def _blocked_threads(macs: int, planes: int, n_threads: int, items: int,
                      one_region: bool) -> int:
     """Threads for a blocked call of ``macs`` multiply-adds with ``items`` (channel block,
-    pixel block) pairs per plane (image and group); ``one_region``: the call is one parallel region (whole images per thread, or
-    an image that needs no preparation), not two per image."""
+    pixel block) pairs per plane (image and group); ``one_region``: the call is one parallel
+    region (whole images per thread, or an image that needs no preparation), not two per
+    image."""
     per_thread = BLOCKED_MACS_PER_THREAD if one_region else BLOCKED_SPLIT_MACS_PER_THREAD
     return _threads.for_work(n_threads, macs // per_thread, planes * items, min_per_thread=1)
 

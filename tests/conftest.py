@@ -39,3 +39,8 @@ def small_thread_thresholds(monkeypatch):
     for name in ("BLOCKED_MACS_PER_THREAD", "BLOCKED_SPLIT_MACS_PER_THREAD",
                  "PLANES_MACS_PER_THREAD"):
         monkeypatch.setattr(conv, name, 1)
+    # Launch plans are cached per shape: none made under the production thresholds may serve
+    # the test, and none made under these may outlive it.
+    conv._clear_launch_caches()
+    yield
+    conv._clear_launch_caches()

@@ -172,8 +172,8 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w
     monkeypatch.setattr(conv_module, "PLANE_BAND_BYTES", band_bytes)
     # The launch plans are cached by shape: none made with the real band size may serve
     # this test, and none made with the patched one may outlive it.
-    conv_module._planes_launch.cache_clear()
-    request.addfinalizer(conv_module._planes_launch.cache_clear)
+    conv_module._clear_launch_caches()
+    request.addfinalizer(conv_module._clear_launch_caches)
     args = _validate.conv_args(x, wt, b, 1, kw.get("padding", 0), kw.get("dilation", 1), c,
                                "NCHW", "relu", "test")
     g = args.geometry
@@ -290,7 +290,7 @@ def test_scratch_views_are_reused_and_follow_their_buffer(monkeypatch):
     assert not np.shares_memory(big, a)
     again = scratch("test slot", (3, 5), np.float32)
     assert again is not a and np.shares_memory(again, big)
-    assert scratch("other slot", (3, 5), np.float32) is not again
+    assert not np.shares_memory(scratch("other slot", (3, 5), np.float32), again)
     monkeypatch.setattr(conv_module, "SCRATCH_VIEWS", 4)
     for rows in range(1, 12):
         scratch("test slot", (rows, 3), np.float32)
@@ -305,7 +305,8 @@ def test_scratch_views_are_reused_and_follow_their_buffer(monkeypatch):
     ((2, 16, 30, 30), 16, 16),     # one-channel kernel
     ((2, 8, 30, 30), 16, 1),       # blocked kernel
 ])
-def test_cached_launch_plans_follow_the_thread_limit(monkeypatch, shape, c_out, groups):
+def test_cached_launch_plans_follow_the_thread_limit(monkeypatch, request, shape, c_out,
+                                                      groups):
     """The launch plans are cached per thread limit: alternating 1 and 2 threads on one shape
     runs each call on its own count, with bit-identical, correct results."""
     x, wt, b = problem("NCHW", np.float32, shape[0], shape[1], shape[2], shape[3], c_out,
@@ -321,13 +322,11 @@ def test_cached_launch_plans_follow_the_thread_limit(monkeypatch, shape, c_out, 
     monkeypatch.setattr(blocked, name, spy)
     monkeypatch.setattr(conv_module, "PLANES_MACS_PER_THREAD", 1)
     monkeypatch.setattr(conv_module, "BLOCKED_MACS_PER_THREAD", 1)
-    conv_module._planes_launch.cache_clear()
-    conv_module._blocked_launch.cache_clear()
+    conv_module._clear_launch_caches()
+    request.addfinalizer(conv_module._clear_launch_caches)
     want = reference.conv2d(x, wt, b, padding=1, groups=groups)
     results = [fastconv.conv2d(x, wt, b, padding=1, groups=groups, algorithm="direct",
                                num_threads=t) for t in (1, 2, 1, 2)]
-    conv_module._planes_launch.cache_clear()
-    conv_module._blocked_launch.cache_clear()
     assert seen == [1, 2, 1, 2]
     assert_close(results[0], want, np.float32, 9 * shape[1] // groups)
     for got in results[1:]:
@@ -399,8 +398,8 @@ def _auto(layout, n, c_in, hw, c_out, kernel, groups=1, dtype=np.float32):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_auto_choice_for_large_calls(layout):
-    """The documented rule on calls above AUTO_BLOCKED_MIN_MACS (small calls keep the older
-    rule, tested with AUTO_CASES in test_conv.py)."""
+    """The documented rule on calls above AUTO_BLOCKED_MIN_MACS, and below it the exceptions
+    to the older rule (which AUTO_CASES in test_conv.py tests)."""
     assert _auto(layout, 32, 64, 56, 64, (3, 3)) == "direct"
     assert _auto(layout, 1, 3, 224, 64, (7, 7)) == "direct"
     # 1x1: BLAS on x in place for NCHW; NHWC only from AUTO_POINTWISE_MIN_MACS on.
@@ -433,7 +432,7 @@ def test_auto_choice_for_large_calls(layout):
     assert _auto(layout, 1, 16, side, filled, (3, 3)) == "direct"
     assert _auto(layout, 1, 16, side - 1, filled, (3, 3)) == older(filled)
     assert _auto(layout, 1, 16, side, few, (3, 3)) == older(few)
-    assert _auto(layout, 1, 16, side, 4, (3, 3)) == "direct"        # the older rule's loops
+    assert _auto(layout, 1, 16, side, 4, (3, 3)) == "direct"        # older rule: 4 < 8 outputs
     assert _auto(layout, 1, 6, 14, 16, (5, 5)) == (                   # LeNet conv2
         "direct" if 2 * 16 > cols else "im2col")
 
@@ -544,6 +543,7 @@ def test_production_thresholds_keep_small_calls_on_one_thread(monkeypatch):
     a one-image 32->32 16x16 layer (2.4M multiply-adds) stays on one, VGG's 64->64 56x56
     (116M) takes two, as does a batch of two 64->64 14x14 images (14M, whole images)."""
     monkeypatch.undo()
+    conv_module._clear_launch_caches()   # plans made under the patched thresholds
     rng = np.random.default_rng(0)
 
     def threads(n, c, hw):

@@ -227,11 +227,18 @@ def test_im2col_tiles_with_partial_rows_match_reference(monkeypatch, layout, ker
 def test_auto_follows_documented_heuristic(layout, cig, kernel, cog, groups, expected):
     """"auto" gives bit for bit the result of the algorithm its documentation says it picks:
     the older rule of AUTO_CASES, except that small calls with a blocked kernel's worth of
-    output channels and 81 output pixels (more than a pixel block in float64) run it: in
-    NCHW always, in NHWC when the outputs fill more than half a channel block."""
+    output channels run it: in NCHW from a pixel block of outputs per image, in NHWC when
+    the outputs fill more than half a channel block and an image has at least
+    AUTO_SMALL_NHWC_MIN_PIXELS outputs (9x9 images, padding 1: 63 to 100 output pixels)."""
     expected = expected[LAYOUTS.index(layout)]
-    if cog >= conv_module.BLOCKED_MIN_CHANNELS[layout] and (
-            layout == "NCHW" or 2 * cog > conv_module._blocked.block_sizes(8)["ch_cols"]):
+    pixels = (9 + 2 - kernel[0] + 1) * (9 + 2 - kernel[1] + 1)
+    sizes = conv_module._blocked.block_sizes(8)   # float64
+    if layout == "NCHW":
+        blocked = pixels >= sizes["pix_pixels"]
+    else:
+        blocked = (2 * cog > sizes["ch_cols"]
+                   and pixels >= conv_module.AUTO_SMALL_NHWC_MIN_PIXELS)
+    if cog >= conv_module.BLOCKED_MIN_CHANNELS[layout] and blocked:
         expected = "direct"
     case = Case("auto", 2, cig * groups, 9, 9, cog * groups, kernel, padding=1, groups=groups)
     x, w, _ = make_problem(case, layout, np.float64, seed=7)
