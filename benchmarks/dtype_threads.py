@@ -21,8 +21,7 @@ import time
 import numpy as np
 
 import fastconv
-from fastconv import _validate
-from fastconv.conv import choose_algorithm
+from fastconv._bench import _auto_algorithm
 from fastconv._suite import LAYERS_BY_NAME, conv_inputs
 
 DENSE = "alexnet_conv1,vgg_3x3,resnet_3x3,resnet_1x1,s2_3x3,dilated_3x3,stem_7x7"
@@ -68,10 +67,7 @@ def main() -> None:
                 for key, run in runs.items():
                     times[key].append(_time(run))
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            x, w = inputs["float32"][:2]
-            algo = choose_algorithm(_validate.conv_args(
-                x, w, None, layer.stride, layer.pad, layer.dilation, layer.groups, layout,
-                None))
+            algo = _auto_algorithm(*inputs["float32"][:2], layer, layout) or "?"
             print(f"{name:<15}{layout:<8}{med['f32 2t']:>8.1f}{med['f64 2t']:>8.1f}"
                   f"{med['f32 1t']:>8.1f}{med['f32 2t'] / med['f64 2t']:>9.2f}"
                   f"{med['f32 1t'] / med['f32 2t']:>7.2f}  {algo}")
