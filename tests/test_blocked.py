@@ -1,7 +1,8 @@
 """The register-blocked direct kernels against the reference: the blocked kernel
-(``algorithm="direct"`` with >= 4 output channels per group), the one-channel kernel
-(one output channel per group: depthwise, single filters), and for both: block edges, stride phases, groups, the in-place 1x1 NHWC path,
-both ways of sharing out a batch, scratch reuse, non-finite values and "auto"'s choice."""
+(``algorithm="direct"`` with >= 4 output channels per group; NCHW through either
+micro-kernel), the one-channel kernel (one output channel per group: depthwise, single
+filters), and for both: block edges, stride phases, groups, the in-place 1x1 NHWC path, both
+ways of sharing out a batch, scratch reuse, non-finite values and "auto"'s choice."""
 
 from __future__ import annotations
 
@@ -110,6 +111,103 @@ def test_strides_dilations_and_padding(layout, dtype, stride, dilation, padding,
 def test_groups(layout, dtype, groups, c_in, c_out):
     check(layout, dtype, 2, c_in, 6, 9, c_out, (3, 3), groups=groups, padding=1)
 
+
+
+def _force_nchw_kernel(monkeypatch, kernel):
+    """Make blocked NCHW calls run the ``"ch"`` or the ``"pix"`` micro-kernel, whichever the
+    rule would choose, and check that each call really asks for it."""
+    chosen = []
+    call = blocked.conv2d_blocked
+
+    def spy(*args):
+        chosen.append("ch" if args[19] else "pix")   # ch_nchw
+        return call(*args)
+
+    monkeypatch.setattr(conv_module, "_nchw_runs_ch", lambda *a: kernel == "ch")
+    monkeypatch.setattr(blocked, "conv2d_blocked", spy)
+    return chosen
+
+
+NCHW_KERNEL_CASES = [
+    # (n, c_in, h, w, c_out, kernel, groups, geometry keywords)
+    (2, 3, 7, 6, 5, (3, 3), 1, dict(padding=1)),
+    (1, 4, 9, 11, 8, (1, 3), 1, dict(padding=(0, 1))),          # one image: pixel chunks
+    (3, 5, 13, 11, 9, (3, 3), 1, dict(stride=2, padding=1)),     # 3 images on 2 threads
+    (4, 5, 13, 11, 9, (3, 4), 1, dict(stride=(2, 3), padding=((0, 2), (3, 1)))),
+    (2, 3, 23, 21, 7, (11, 11), 1, dict(stride=4, padding=2)),   # 16 stride phases
+    (2, 5, 10, 9, 6, (2, 2), 1, dict(stride=3)),                 # stride > kernel
+    (2, 5, 13, 11, 9, (3, 3), 1, dict(dilation=2, padding=2)),
+    (2, 5, 11, 10, 4, (2, 3), 1, dict(stride=2, dilation=2, padding="same")),
+    (2, 5, 7, 7, 9, (7, 7), 1, {}),                               # kernel == input: 1 pixel
+    (2, 6, 6, 9, 8, (3, 3), 2, dict(padding=1)),
+    (2, 9, 6, 9, 12, (3, 3), 3, dict(padding=1)),
+    (2, 8, 6, 9, 36, (3, 3), 4, dict(padding=1)),
+]
+
+
+@pytest.mark.parametrize("kernel", ["ch", "pix"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c_in, h, w, c_out, size, groups, kw", NCHW_KERNEL_CASES)
+def test_nchw_runs_either_micro_kernel(monkeypatch, kernel, dtype, n, c_in, h, w, c_out, size,
+                                       groups, kw):
+    """Blocked NCHW layers through both micro-kernels (the ch one with its NCHW store),
+    against the reference, with and without bias, with ReLU, and bit-identical on one and
+    two threads (both ways of sharing out a batch)."""
+    chosen = _force_nchw_kernel(monkeypatch, kernel)
+    for bias, activation in ((True, "relu"), (False, None)):
+        got = check("NCHW", dtype, n, c_in, h, w, c_out, size, groups=groups, bias=bias,
+                    activation=activation, **kw)
+        x, wt, b = problem("NCHW", dtype, n, c_in, h, w, c_out, size, groups)
+        one = fastconv.conv2d(x, wt, b if bias else None, groups=groups, algorithm="direct",
+                              activation=activation, num_threads=1, **kw)
+        np.testing.assert_array_equal(one, got)
+    assert chosen and set(chosen) == {kernel}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nchw_ch_kernel_around_its_blocks(monkeypatch, dtype):
+    """The ch kernel on NCHW: channel counts around its channel block, output planes around
+    its pixel block (a short last block repeats its last pixel, which must not be stored)."""
+    _force_nchw_kernel(monkeypatch, "ch")
+    sizes = block_sizes(dtype)
+    cols, q = sizes["ch_cols"], sizes["ch_pixels"]
+    for c_out in sorted({4, cols - 1, cols, cols + 1, 2 * cols + 3} - {0, 1, 2, 3}):
+        check("NCHW", dtype, 2, 3, 5, 6, c_out, (3, 3), padding=1)
+    for pixels in sorted({1, 2, q - 1, q, q + 1, 2 * q + 1}):
+        check("NCHW", dtype, 2, 4, 1, pixels + 2, 8, (1, 3))
+        check("NCHW", dtype, 1, 4, pixels + 2, 1, 8, (3, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nchw_kernel_choice(dtype):
+    """The NCHW blocked call runs the kernel whose blocks cover fewer lanes (channels x
+    pixels), the ch one on a tie: counted here from the two plans' own block counts, and on
+    this build's block sizes the suite's choices that _nchw_runs_ch documents."""
+    itemsize = np.dtype(dtype).itemsize
+    sizes = block_sizes(dtype)
+
+    def geometry(c_in, c_out, hw, kernel, stride=1, padding=0):
+        x = np.zeros((2, c_in, hw, hw), dtype)
+        return _validate.conv_args(x, np.zeros((c_out, c_in, kernel, kernel), dtype), None,
+                                   stride, padding, 1, 1, "NCHW", None, "test").geometry
+
+    def lanes(g, c_out, ch):
+        plan = conv_module._blocked_plan_for(g, 1, c_out, "NCHW", itemsize, ch)
+        pixels = sizes["ch_pixels"] if ch else sizes["pix_pixels"]
+        return plan[1] * plan[2] * plan[3] * pixels
+
+    layers = {"lenet_conv1": (1, 6, 28, 5, 1, 2), "lenet_conv2": (6, 16, 14, 5),
+              "vgg_3x3": (64, 64, 56, 3, 1, 1), "s2_3x3": (64, 128, 56, 3, 2, 1),
+              "one_pixel": (8, 64, 3, 3), "odd_channels": (8, 9, 20, 3)}
+    choices = {}
+    for name, (c_in, c_out, *rest) in layers.items():
+        g = geometry(c_in, c_out, *rest)
+        choices[name] = conv_module._nchw_runs_ch(g, 1, c_out, itemsize)
+        assert choices[name] == (lanes(g, c_out, True) <= lanes(g, c_out, False)), name
+    if _isa.LEVEL in ("avx2", "avx512") and dtype == np.float32:
+        assert not choices["lenet_conv1"] and choices["vgg_3x3"] and choices["s2_3x3"]
+        assert choices["lenet_conv2"] == (_isa.LEVEL == "avx2")
+    assert choices["one_pixel"]   # one pixel: the pix kernel computes a block of them
 
 # One output channel per group: NCHW depthwise and grouped layers, single-channel images in
 # either layout (an NHWC one is an NCHW one in memory).

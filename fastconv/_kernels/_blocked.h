@@ -87,6 +87,24 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
         }                                                                                      \
     }
 
+/* The tile of the ch kernel into an NCHW result: n pixels (tile rows, NR apart) x cols
+ * output channels, channel c's pixels adjacent at dst + c * cs; bias: one per channel, or
+ * NULL. Then ReLU. */
+#define FC_DEFINE_STORE_CHANNELS_FIRST(T, SUF)                                                 \
+    static inline void fc_store_channels_first_##SUF(T *dst, ptrdiff_t cs, const T *tile,     \
+                                                     ptrdiff_t NR, ptrdiff_t n,                \
+                                                     ptrdiff_t cols, const T *bias,            \
+                                                     int relu) {                               \
+        ptrdiff_t i, c;                                                                        \
+        for (c = 0; c < cols; c++) {                                                           \
+            T *d = dst + c * cs, b = bias ? bias[c] : (T)0;                                    \
+            for (i = 0; i < n; i++) {                                                          \
+                T v = tile[i * NR + c] + b;                                                    \
+                d[i] = relu && v <= 0 ? (T)0 : v;                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
 #if FC_VECTOR_EXT
 
 /* pix micro-kernels: tile[r][j] = sum_k w[k * ROWS + r] * x[off[k] + j], r < ROWS,
@@ -172,13 +190,12 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
 #endif
 
 /* Drivers: pixel blocks [qb0, qb1) x every output-channel block of one image (of one group),
- * pixel blocks
- * outside, so that a block's x stays in L1 while the weights of every channel block stream
- * from L2 (measured at least as fast as the other order on every suite layer).
+ * pixel blocks outside, so that a block's x stays in L1 while the weights of every channel
+ * block stream from L2 (measured at least as fast as the other order on every suite layer).
  *
  * fc_pix_blocks (fc_plane_blocks: one output channel, PLANE_VECS vectors of pixels): pixel
- * q = oh * Ws + ow on a grid Ws wide (only ow < OW, oh < OH exist), in
- * blocks of PIX_VECS * VLEN; output channels in blocks of PIX_ROWS. wpack: (co blocks, K,
+ * q = oh * Ws + ow on a grid Ws wide (only ow < OW, oh < OH exist), in blocks of
+ * PIX_VECS * VLEN; output channels in blocks of PIX_ROWS. wpack: (co blocks, K,
  * PIX_ROWS). out: channel 0, pixel 0 of this group of one image; output channel co, pixel
  * (oh, ow) at out[co * ocs + (oh * OW + ow) * ops]: (ocs, ops) = (OH * OW, 1) for an NCHW
  * result, (1, C_out) for an NHWC one (ops != 1 means that layout). bias: cog values or
@@ -186,8 +203,11 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
  *
  * fc_ch_blocks: output pixels p = oh * OW + ow in blocks of CH_ROWS (a short last block
  * repeats its last pixel), reading x at (oh * Ws + ow) * ps; output channels in blocks of
- * CH_VECS * VLEN. wpack: (co blocks, K, CH_VECS * VLEN). out: pixel 0, channel 0 of this
- * group of one image; pixels C_out apart. */
+ * CH_VECS * VLEN. x: NHWC (ps = C) or NCHW (ps = 1) prepared image. wpack: (co blocks, K,
+ * CH_VECS * VLEN). out: pixel 0, channel 0 of this group of one image; (ocs, ops) as for
+ * fc_pix_blocks: ops == 1, an NCHW result, stores each channel's pixels as a run (small
+ * output planes, whose Ws-wide grid the pix blocks would waste); else channels adjacent,
+ * pixels ops apart. */
 #define FC_DEFINE_PIX_DRIVER(T, SUF, NAME, KERNEL, ROWS, VECS)                                 \
     static void NAME##_##SUF(const T *xs, const ptrdiff_t *off, const T *wpack, ptrdiff_t K,   \
                              ptrdiff_t qb0, ptrdiff_t qb1, T *out, const T *bias,              \
@@ -231,25 +251,31 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
 #define FC_DEFINE_DRIVERS(T, SUF)                                                              \
     static void fc_ch_blocks_##SUF(const T *xs, ptrdiff_t ps, const ptrdiff_t *off,            \
                                    const T *wpack, ptrdiff_t K,                                \
-                                   ptrdiff_t qb0, ptrdiff_t qb1, T *out, ptrdiff_t C_out,      \
-                                   const T *bias, ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW,   \
-                                   ptrdiff_t Ws, int relu) {                                   \
+                                   ptrdiff_t qb0, ptrdiff_t qb1, T *out, const T *bias,        \
+                                   ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Ws,    \
+                                   int relu, ptrdiff_t ocs, ptrdiff_t ops) {                   \
         enum { NR = FC_CH_VECS * (FC_VBYTES / sizeof(T)) };                                    \
         T tile[FC_CH_ROWS * NR] FC_ALIGNED;                                                    \
         ptrdiff_t ro[FC_CH_ROWS];                                                              \
-        ptrdiff_t cb, qb, r, last = OH * OW - 1;                                               \
+        ptrdiff_t cb, qb, r, n, last = OH * OW - 1;                                            \
         for (qb = qb0; qb < qb1; qb++) {                                                       \
             ptrdiff_t p0 = qb * FC_CH_ROWS;                                                    \
             for (r = 0; r < FC_CH_ROWS; r++) {                                                 \
                 ptrdiff_t p = p0 + r < last ? p0 + r : last, oh = p / OW;                      \
                 ro[r] = (oh * Ws + (p - oh * OW)) * ps;                                        \
             }                                                                                  \
+            n = last + 1 - p0 < FC_CH_ROWS ? last + 1 - p0 : FC_CH_ROWS;                       \
             for (cb = 0; cb * NR < cog; cb++) {                                                \
                 ptrdiff_t c0 = cb * NR, cols = cog - c0;                                       \
                 if (cols > NR) cols = NR;                                                      \
                 fc_ch_kernel_##SUF(xs, ro, off, wpack + cb * K * NR, K, tile);                 \
-                for (r = 0; r < FC_CH_ROWS && p0 + r <= last; r++)                             \
-                    fc_epilogue_##SUF(out + (p0 + r) * C_out + c0, tile + r * NR, cols,        \
+                if (ops == 1) {   /* NCHW result: the pixels of a channel are adjacent */     \
+                    fc_store_channels_first_##SUF(out + c0 * ocs + p0, ocs, tile, NR, n, cols, \
+                                                  bias ? bias + c0 : NULL, relu);              \
+                    continue;                                                                  \
+                }                                                                              \
+                for (r = 0; r < n; r++)                                                        \
+                    fc_epilogue_##SUF(out + (p0 + r) * ops + c0, tile + r * NR, cols,          \
                                       bias ? bias + c0 : NULL, (T)0, relu);                    \
             }                                                                                  \
         }                                                                                      \
@@ -294,6 +320,8 @@ FC_DEFINE_EPILOGUE(float, f32)
 FC_DEFINE_EPILOGUE(double, f64)
 FC_DEFINE_STORE_CHANNELS_LAST(float, f32)
 FC_DEFINE_STORE_CHANNELS_LAST(double, f64)
+FC_DEFINE_STORE_CHANNELS_FIRST(float, f32)
+FC_DEFINE_STORE_CHANNELS_FIRST(double, f64)
 FC_DEFINE_PIX_KERNEL(float, f32, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
 FC_DEFINE_PIX_KERNEL(double, f64, fc_pix_kernel, FC_PIX_ROWS, FC_PIX_VECS)
 FC_DEFINE_PIX_KERNEL(float, f32, fc_plane_kernel, 1, FC_PLANE_VECS)

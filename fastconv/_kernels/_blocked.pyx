@@ -55,12 +55,14 @@ cdef extern from "_blocked.h" nogil:
                             Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu)
     void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
-                          float* out, Py_ssize_t C_out, const float* bias, Py_ssize_t cog,
-                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
+                          float* out, const float* bias, Py_ssize_t cog, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t Ws, int relu, Py_ssize_t ocs,
+                          Py_ssize_t ops)
     void fc_ch_blocks_f64(const double* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const double* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
-                          double* out, Py_ssize_t C_out, const double* bias, Py_ssize_t cog,
-                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu)
+                          double* out, const double* bias, Py_ssize_t cog, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t Ws, int relu, Py_ssize_t ocs,
+                          Py_ssize_t ops)
 
 
 def block_sizes(Py_ssize_t itemsize):
@@ -198,21 +200,20 @@ cdef inline void _prep_item(
 cdef inline void _blocks(
     const floating* xs, const Py_ssize_t* off, const floating* wpack, Py_ssize_t K,
     Py_ssize_t qb0, Py_ssize_t qb1,
-    floating* out, const floating* bias, bint nhwc, bint out_nhwc, Py_ssize_t ps,
+    floating* out, const floating* bias, bint ch, bint out_nhwc, Py_ssize_t ps,
     Py_ssize_t C_out, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
 ) noexcept nogil:
-    """The pixel blocks [qb0, qb1) of one group of one image. ``nhwc``: the ch kernel (x and
-    result channels-last); else the pix kernel, whose result is NCHW, or NHWC with
-    ``out_nhwc``."""
+    """The pixel blocks [qb0, qb1) of one group of one image, by the ch kernel (``ch``) or
+    the pix kernel, into an NHWC (``out_nhwc``) or NCHW result."""
     cdef Py_ssize_t ocs = 1 if out_nhwc else OH * OW
     cdef Py_ssize_t ops = C_out if out_nhwc else 1
-    if nhwc:
+    if ch:
         if floating is float:
-            fc_ch_blocks_f32(xs, ps, off, wpack, K, qb0, qb1, out, C_out, bias,
-                             cog, OH, OW, Ws, relu)
+            fc_ch_blocks_f32(xs, ps, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW, Ws,
+                             relu, ocs, ops)
         else:
-            fc_ch_blocks_f64(xs, ps, off, wpack, K, qb0, qb1, out, C_out, bias,
-                             cog, OH, OW, Ws, relu)
+            fc_ch_blocks_f64(xs, ps, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW, Ws,
+                             relu, ocs, ops)
     else:
         if floating is float:
             fc_pix_blocks_f32(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
@@ -232,6 +233,7 @@ def conv2d_blocked(
     bint nhwc, Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top,
     Py_ssize_t pad_left, Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks,
     Py_ssize_t q_chunk, bint prepared, bint relu, int n_threads, bint out_nhwc=False,
+    bint ch_nchw=False,
 ):
     """Blocked direct convolution of a batch.
 
@@ -242,8 +244,11 @@ def conv2d_blocked(
     already is the prepared image (an NHWC 1x1 convolution without stride or padding), so it
     is read in place. ``out_nhwc`` (with ``nhwc`` False): an NCHW x, computed by the pix
     kernel, into an NHWC result (for few output channels, which the ch kernel would waste).
+    ``ch_nchw`` (with ``nhwc`` False): an NCHW x, computed by the ch kernel, into an NCHW
+    result (for small output planes, whose grid the pix kernel's pixel blocks would waste).
     """
     cdef bint out_last = nhwc or out_nhwc     # the result is channels-last
+    cdef bint ch = nhwc or ch_nchw            # the ch micro-kernel
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t C = x.shape[3] if nhwc else x.shape[1]
     cdef Py_ssize_t H = x.shape[1] if nhwc else x.shape[2]
@@ -282,7 +287,7 @@ def conv2d_blocked(
                             0, n_qblocks,
                             op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            nhwc, out_nhwc, ps, C_out, cog, OH, OW, Ws, relu)
+                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu)
         else:
             for n in range(N):
                 xs = <floating*>(xp + n * image) if prepared else bufp
@@ -298,7 +303,7 @@ def conv2d_blocked(
                             qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
                             op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            nhwc, out_nhwc, ps, C_out, cog, OH, OW, Ws, relu)
+                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu)
 
 
 def conv2d_planes(
