@@ -111,6 +111,9 @@ MAX_CALLS = 200
 # MAX_SECONDS have been spent on it, so that one case cannot take half a minute.
 MIN_CALLS = 3
 MAX_SECONDS = 2.0
+# A case's implementations are timed in this many alternating rounds, each a share of the
+# calls and of the time above.
+TIMING_ROUNDS = 3
 # The reference: the checked call is timed too, then more while under --min-time, at most this.
 REF_MAX_CALLS = 3
 # Without timing the reference (--no-reference, or a later malloc condition), checks run on
@@ -1112,8 +1115,15 @@ def _error_note(who: str, exc: BaseException) -> str:
     return f"{who} raised {type(exc).__name__}: {text}"[:300]
 
 
+def _call_failed(m: Measurement, exc: BaseException) -> None:
+    # torch raising (say, an op this torch lacks) is not a fastconv failure.
+    m.status = "n/a" if m.impl == "torch" else "FAIL"
+    m.note = _error_note(m.impl, exc)
+
+
 def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
-    """Check every implementation of ``spec`` against the reference, then time it."""
+    """Check every implementation of ``spec`` against the reference, then time them in turns
+    (see TIMING_ROUNDS)."""
     start = time.perf_counter()
     result = CaseResult(spec.section, spec.name, spec.desc, spec.layout, spec.dtype, spec.batch,
                         condition, spec.flops, spec.nbytes)
@@ -1141,6 +1151,7 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         result.seconds = time.perf_counter() - start
         return result
 
+    timed: List[Tuple[Any, Measurement]] = []
     for impl, vimpl in zip(calls.impls, vcalls.impls):
         m = Measurement(impl.name, algorithm=impl.algorithm)
         result.measurements.append(m)
@@ -1153,17 +1164,27 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
             del got
             if vimpl is not impl:
                 impl.fn()  # warm-up at the timed batch size
-            m.times = time_calls(impl.fn, plan.repeats, plan.min_time,
-                                 max_time=max(MAX_SECONDS, plan.min_time))
         except Exception as exc:
-            # torch raising (say, an op this torch lacks) is not a fastconv failure.
-            m.status = "n/a" if impl.name == "torch" else "FAIL"
-            m.note = _error_note(impl.name, exc)
+            _call_failed(m, exc)
             continue
         m.max_err, m.tol = check.err, check.tol
         if not check.ok:  # torch too: a torch result that disagrees makes its ratio meaningless
             m.status = "FAIL"
             m.note = f"{impl.name} differs from fastconv.reference: {check.note}"
+        timed.append((impl, m))
+    # The implementations take turns, TIMING_ROUNDS blocks each, so that a slow phase of the
+    # shared machine (they last from milliseconds to seconds) falls on all of them alike.
+    for _ in range(TIMING_ROUNDS):
+        for impl, m in list(timed):
+            try:
+                m.times += time_calls(
+                    impl.fn, -(-plan.repeats // TIMING_ROUNDS), plan.min_time / TIMING_ROUNDS,
+                    -(-MAX_CALLS // TIMING_ROUNDS),
+                    max_time=max(MAX_SECONDS, plan.min_time) / TIMING_ROUNDS)
+            except Exception as exc:
+                _call_failed(m, exc)
+                m.times, m.max_err, m.tol = [], None, None
+                timed.remove((impl, m))
     result.seconds = time.perf_counter() - start
     return result
 

@@ -373,3 +373,39 @@ def test_malloc_condition_both_runs_a_tunables_subprocess(tmp_path, capsys):
     once = _bench.REFERENCE_TIMED_ONCE.format("default")
     assert out.count(f"note: {once}") == 1 and "--no-reference" not in out
     assert [r["note"] for r in doc["rows"] if r["impl"] == "reference"] == ["", "", once, once]
+
+
+def test_implementations_are_timed_in_turns():
+    """After every implementation is checked, the timed calls alternate between them in
+    TIMING_ROUNDS blocks; one that raises while timed is a FAIL row without times (torch:
+    n/a), and the others go on."""
+    log = []
+    result = np.ones(3, dtype=np.float32)
+
+    def impl(name, fail_on_call=None):
+        def call():
+            log.append(name)
+            if fail_on_call is not None and log.count(name) == fail_on_call:
+                raise RuntimeError(f"{name} broke")
+            return result
+        return _bench.Impl(name, call)
+
+    calls = _bench.Calls({"ref": lambda: result},
+                         [impl("a"), impl("b"), impl("fastconv", fail_on_call=3),
+                          impl("torch", fail_on_call=2)], {"ref": (1,)},
+                         time_reference=False)
+    spec = _bench.CaseSpec("relu", "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
+    plan = _bench.make_plan(parse("--quick", "--repeats", "6", "--min-time", "1e-9"), 1)
+    case = _bench.run_case(spec, plan, "default")
+    per_round = -(-6 // _bench.TIMING_ROUNDS)
+    assert per_round >= 2
+    # One checked call each, then rounds of `per_round` calls each: torch fails on its first
+    # timed call, "fastconv" on its second, and later rounds have a and b only.
+    first_round = ["a"] * per_round + ["b"] * per_round + ["fastconv"] * 2 + ["torch"]
+    later = (["a"] * per_round + ["b"] * per_round) * (_bench.TIMING_ROUNDS - 1)
+    assert log == ["a", "b", "fastconv", "torch"] + first_round + later
+    by_name = {m.impl: m for m in case.measurements}
+    assert len(by_name["a"].times) == len(by_name["b"].times) == 6
+    assert by_name["fastconv"].status == "FAIL" and not by_name["fastconv"].times
+    assert "fastconv broke" in by_name["fastconv"].note
+    assert by_name["torch"].status == "n/a" and "torch broke" in by_name["torch"].note
