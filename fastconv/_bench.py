@@ -114,6 +114,11 @@ MAX_SECONDS = 2.0
 # A case's implementations are timed in this many alternating rounds, each a share of the
 # calls and of the time above.
 TIMING_ROUNDS = 3
+# Before each block of timed calls, wait (at most SETTLE_MAX_SECONDS) until this process's
+# threads are idle: NumPy's OpenBLAS threads spin for about 0.1 s after a GEMM (im2col, the
+# reference), using a core, and a 2-thread kernel timed then ran up to 2x slower.
+SETTLE_PROBE_SECONDS = 0.01
+SETTLE_MAX_SECONDS = 1.0
 # The reference: the checked call is timed too, then more while under --min-time, at most this.
 REF_MAX_CALLS = 3
 # Without timing the reference (--no-reference, or a later malloc condition), checks run on
@@ -1115,6 +1120,19 @@ def _error_note(who: str, exc: BaseException) -> str:
     return f"{who} raised {type(exc).__name__}: {text}"[:300]
 
 
+def settle(max_seconds: float = SETTLE_MAX_SECONDS) -> bool:
+    """Wait until the threads of this process use under a fifth of a core (CPU time over
+    SETTLE_PROBE_SECONDS of sleep); False if they still did after ``max_seconds``."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        cpu = time.process_time()
+        time.sleep(SETTLE_PROBE_SECONDS)
+        if time.process_time() - cpu < 0.2 * SETTLE_PROBE_SECONDS:
+            return True
+        if time.perf_counter() >= deadline:
+            return False
+
+
 def _call_failed(m: Measurement, exc: BaseException) -> None:
     # torch raising (say, an op this torch lacks) is not a fastconv failure.
     m.status = "n/a" if m.impl == "torch" else "FAIL"
@@ -1173,9 +1191,11 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
             m.note = f"{impl.name} differs from fastconv.reference: {check.note}"
         timed.append((impl, m))
     # The implementations take turns, TIMING_ROUNDS blocks each, so that a slow phase of the
-    # shared machine (they last from milliseconds to seconds) falls on all of them alike.
+    # shared machine (they last from milliseconds to seconds) falls on all of them alike; each
+    # block starts once the threads of the one before are idle (see settle).
     for _ in range(TIMING_ROUNDS):
         for impl, m in list(timed):
+            settle()
             try:
                 m.times += time_calls(
                     impl.fn, -(-plan.repeats // TIMING_ROUNDS), plan.min_time / TIMING_ROUNDS,

@@ -409,3 +409,29 @@ def test_implementations_are_timed_in_turns():
     assert by_name["fastconv"].status == "FAIL" and not by_name["fastconv"].times
     assert "fastconv broke" in by_name["fastconv"].note
     assert by_name["torch"].status == "n/a" and "torch broke" in by_name["torch"].note
+
+
+def test_settle_waits_for_busy_threads():
+    """settle() returns at once on an idle process, and only after a thread of the process
+    stops burning CPU (as NumPy's BLAS threads do after a GEMM)."""
+    import threading
+    import time
+
+    assert _bench.settle()
+    stop = time.perf_counter() + 0.15
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    start = time.perf_counter()
+    assert _bench.settle(max_seconds=2.0)
+    assert time.perf_counter() - start >= 0.1
+    worker.join()
+    stop = time.perf_counter() + 0.3
+    worker = threading.Thread(target=spin)
+    worker.start()
+    assert not _bench.settle(max_seconds=0.05)   # still busy when the wait runs out
+    worker.join()
