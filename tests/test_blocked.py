@@ -341,6 +341,35 @@ def test_nhwc_depthwise(dtype, channels, kernel, kw):
     np.testing.assert_array_equal(got[0], got[1])
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, kw", [
+    ((3, 3), dict(padding=1)),
+    ((3, 3), {}),
+    ((1, 3), dict(padding=((0, 0), (2, 1)))),
+    ((5, 3), dict(stride=(2, 1), dilation=(2, 1), padding=(3, 1))),
+])
+def test_nhwc_depthwise_sliding_runs(dtype, kernel, kw):
+    """3-wide stride-1 NHWC depthwise kernels run interior columns in runs of 4 with the
+    window sliding along the row, over blocks of 2 channel vectors: widths whose interior
+    ends before, at and after a run, channel counts around the block (the rest of the
+    channels take the per-column path), with and without bias, and ReLU."""
+    lanes = {"avx512": 64, "avx2": 32}.get(_isa.LEVEL, 16) // np.dtype(dtype).itemsize
+    block = 2 * lanes
+    for channels in sorted({block - 1, block, block + 1, 2 * block + lanes + 1}):
+        for width in (5, 6, 7, 10, 13):
+            x, w, b = problem("NHWC", dtype, 2, channels, 6, width, channels, kernel,
+                              groups=channels)
+            for bias, act in ((b, "relu"), (None, None)):
+                got = [fastconv.conv2d(x, w, bias, groups=channels, layout="NHWC",
+                                       algorithm="direct", activation=act, num_threads=t,
+                                       **kw) for t in (1, 2)]
+                want = reference.conv2d(x, w, bias, groups=channels, layout="NHWC",
+                                        activation=act, **kw)
+                assert_close(got[0], want, dtype, kernel[0] * kernel[1],
+                             err_msg=f"C={channels} W={width}")
+                np.testing.assert_array_equal(got[0], got[1])
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, h, w", [(1, 1, 1), (1, 3, 5), (3, 5, 7), (32, 2, 3)])
 @pytest.mark.parametrize("groups", [1, 2])

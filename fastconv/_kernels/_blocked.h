@@ -352,9 +352,51 @@ FC_DEFINE_DRIVERS(double, f64)
                                     & ~(fc_ivec_##SUF)(acc[j] <= FC_ZERO(SUF)));            \
         FC_STORE(SUF, (o) + j * V, acc[j]);                                                 \
     }
+/* Stride 1, 3 columns, no column dilation: FC_DW_RUN output columns x FC_DW_RUN_VECS vectors
+ * of channels, the window sliding along the row, so each input vector is loaded once per
+ * kernel row (FC_DW_RUN + 2 loads and 3 weight loads for 3 * FC_DW_RUN multiply-adds, where
+ * the per-column loop loads two vectors for each). Taps added in (kh, kw) order, as below. */
+#define FC_DW_RUN 4
+#define FC_DW_RUN_VECS 2
+#define FC_DEFINE_DW_NHWC_RUN(T, SUF)                                                       \
+    static inline void fc_dw_nhwc_run_##SUF(const T *xp, const T *w, const T *bias, T *o,   \
+                                            ptrdiff_t C, const ptrdiff_t *xo,               \
+                                            const ptrdiff_t *wo, ptrdiff_t nt, int relu) {  \
+        enum { V = FC_VBYTES / sizeof(T) };                                                 \
+        fc_vec_##SUF acc[FC_DW_RUN][FC_DW_RUN_VECS];                                        \
+        ptrdiff_t t;                                                                        \
+        int i, j, col;                                                                      \
+        FC_UNROLL for (j = 0; j < FC_DW_RUN_VECS; j++) {                                    \
+            fc_vec_##SUF b = bias ? FC_LOAD(SUF, bias + j * V) : FC_ZERO(SUF);              \
+            FC_UNROLL for (i = 0; i < FC_DW_RUN; i++) acc[i][j] = b;                        \
+        }                                                                                   \
+        for (t = 0; t < nt; t += 3) {   /* one kernel row: taps t, t + 1, t + 2 */          \
+            const T *xr = xp + xo[t], *wr = w + wo[t];                                      \
+            FC_UNROLL for (j = 0; j < FC_DW_RUN_VECS; j++) {                                \
+                fc_vec_##SUF w0 = FC_LOAD(SUF, wr + j * V);                                 \
+                fc_vec_##SUF w1 = FC_LOAD(SUF, wr + C + j * V);                             \
+                fc_vec_##SUF w2 = FC_LOAD(SUF, wr + 2 * C + j * V);                         \
+                FC_UNROLL for (col = 0; col < FC_DW_RUN + 2; col++) {                       \
+                    fc_vec_##SUF xv = FC_LOAD(SUF, xr + col * C + j * V);                   \
+                    /* column col is tap kw = col - i of output i; kw ascending per i */    \
+                    if (col < FC_DW_RUN) acc[col][j] += xv * w0;                            \
+                    if (col >= 1 && col - 1 < FC_DW_RUN) acc[col - 1][j] += xv * w1;        \
+                    if (col >= 2) acc[col - 2][j] += xv * w2;                               \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        FC_UNROLL for (i = 0; i < FC_DW_RUN; i++)                                           \
+            FC_UNROLL for (j = 0; j < FC_DW_RUN_VECS; j++) {                                \
+                fc_vec_##SUF v = acc[i][j];                                                 \
+                if (relu)                                                                   \
+                    v = (fc_vec_##SUF)((fc_ivec_##SUF)v & ~(fc_ivec_##SUF)(v <= FC_ZERO(SUF))); \
+                FC_STORE(SUF, o + i * C + j * V, v);                                        \
+            }                                                                               \
+    }
 /* Columns whose window lies inside the row (ow in [lo, hi)) run over a table of the row's
- * valid taps with no bounds checks; the others check each tap. Both add the taps in (kh, kw)
- * order. */
+ * valid taps with no bounds checks (3-wide stride-1 kernels: runs of FC_DW_RUN columns
+ * first, see fc_dw_nhwc_run); the others check each tap. All add the taps in (kh, kw) order.
+ */
 #define FC_DEFINE_DW_NHWC(T, SUF)                                                           \
     static void fc_dw_nhwc_row_##SUF(const T *x, const T *w, const T *bias, T *out,         \
                                      ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,   \
@@ -363,7 +405,7 @@ FC_DEFINE_DRIVERS(double, f64)
                                      ptrdiff_t pl, int relu) {                              \
         enum { V = FC_VBYTES / sizeof(T), B = FC_DW_VECS * V };                             \
         ptrdiff_t xo[FC_DW_MAX_TAPS], wo[FC_DW_MAX_TAPS], nt = 0, t, lo = 0, hi = 0;        \
-        ptrdiff_t ow, c, kh, kw;                                                            \
+        ptrdiff_t ow, c, kh, kw, run_end = 0, run_c = 0;                                    \
         int j;                                                                              \
         if (KH * KW <= FC_DW_MAX_TAPS) {                                                    \
             ptrdiff_t span = W - (KW - 1) * dw + pl;   /* interior: ow * sw < span */       \
@@ -380,12 +422,23 @@ FC_DEFINE_DRIVERS(double, f64)
             if (hi > OW) hi = OW;                                                           \
             if (lo > hi) lo = hi;                                                           \
         }                                                                                   \
+        if (KW == 3 && sw == 1 && dw == 1 && nt > 0) {                                      \
+            enum { RB = FC_DW_RUN_VECS * V };                                               \
+            for (run_end = lo; run_end + FC_DW_RUN <= hi; run_end += FC_DW_RUN)             \
+                for (c = 0; c + RB <= C; c += RB)                                           \
+                    fc_dw_nhwc_run_##SUF(x + (run_end - pl) * C + c, w + c,                 \
+                                         bias ? bias + c : NULL, out + run_end * C + c, C,  \
+                                         xo, wo, nt, relu);                                 \
+            run_c = C - C % RB;                                                             \
+        }                                                                                   \
         for (ow = 0; ow < OW; ow++) {                                                       \
             ptrdiff_t iw0 = ow * sw - pl;                                                   \
             T *o = out + ow * C;                                                            \
             if (ow >= lo && ow < hi) {                                                      \
                 const T *xp = x + iw0 * C;                                                  \
-                for (c = 0; c + B <= C; c += B) {                                           \
+                /* channels below run_c of columns [lo, run_end) are done */                \
+                c = ow < run_end ? run_c : 0;                                               \
+                for (; c + B <= C; c += B) {                                                \
                     fc_vec_##SUF acc[FC_DW_VECS];                                           \
                     FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                              \
                         acc[j] = bias ? FC_LOAD(SUF, bias + c + j * V) : FC_ZERO(SUF);      \
@@ -458,6 +511,10 @@ FC_DEFINE_DRIVERS(double, f64)
 
 FC_DEFINE_DW_NHWC_TAIL(float, f32)
 FC_DEFINE_DW_NHWC_TAIL(double, f64)
+#if FC_VECTOR_EXT
+FC_DEFINE_DW_NHWC_RUN(float, f32)
+FC_DEFINE_DW_NHWC_RUN(double, f64)
+#endif
 FC_DEFINE_DW_NHWC(float, f32)
 FC_DEFINE_DW_NHWC(double, f64)
 
