@@ -112,7 +112,8 @@ MAX_CALLS = 200
 MIN_CALLS = 3
 MAX_SECONDS = 2.0
 # A case's implementations are timed in this many alternating rounds, each a share of the
-# calls and of the time above.
+# calls and of the times above (a round of a slow call stops after one call once its share of
+# MAX_SECONDS is spent, so MIN_CALLS calls in all).
 TIMING_ROUNDS = 3
 # Before each block of timed calls, wait (at most SETTLE_MAX_SECONDS) until this process's
 # threads are idle: NumPy's OpenBLAS threads spin for about 0.1 s after a GEMM (im2col, the
@@ -544,10 +545,11 @@ def compare(got: Any, want: Any, reductions: Sequence[int]) -> Check:
 
 
 def time_calls(fn: Callable[[], Any], min_calls: int, min_time: float,
-               max_calls: int = MAX_CALLS, max_time: Optional[float] = None) -> List[float]:
+               max_calls: int = MAX_CALLS, max_time: Optional[float] = None,
+               cap_after: int = MIN_CALLS) -> List[float]:
     """Wall times of calls of ``fn``: at least ``min_calls``, and until ``min_time`` seconds have
     passed, at most ``max_calls`` (``min_calls`` wins over ``max_calls``). With ``max_time``,
-    stop as soon as :data:`MIN_CALLS` calls have taken that long in all.
+    stop as soon as ``cap_after`` calls have taken that long in all.
 
     >>> len(time_calls(lambda: None, 4, 0.0)), len(time_calls(lambda: None, 1, 1.0, 7))
     (4, 7)
@@ -557,7 +559,7 @@ def time_calls(fn: Callable[[], Any], min_calls: int, min_time: float,
     times: List[float] = []
     total = 0.0
     while len(times) < min_calls or (total < min_time and len(times) < max_calls):
-        if max_time is not None and len(times) >= MIN_CALLS and total >= max_time:
+        if max_time is not None and len(times) >= cap_after and total >= max_time:
             break
         start = time.perf_counter()
         fn()
@@ -1122,7 +1124,8 @@ def _error_note(who: str, exc: BaseException) -> str:
 
 def settle(max_seconds: float = SETTLE_MAX_SECONDS) -> bool:
     """Wait until the threads of this process use under a fifth of a core (CPU time over
-    SETTLE_PROBE_SECONDS of sleep); False if they still did after ``max_seconds``."""
+    SETTLE_PROBE_SECONDS of sleep); False if they still did after ``max_seconds`` (a thread
+    that never stops, say a library's busy-waiting pool: the block is then timed anyway)."""
     deadline = time.perf_counter() + max_seconds
     while True:
         cpu = time.process_time()
@@ -1199,8 +1202,8 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
             try:
                 m.times += time_calls(
                     impl.fn, -(-plan.repeats // TIMING_ROUNDS), plan.min_time / TIMING_ROUNDS,
-                    -(-MAX_CALLS // TIMING_ROUNDS),
-                    max_time=max(MAX_SECONDS, plan.min_time) / TIMING_ROUNDS)
+                    MAX_CALLS // TIMING_ROUNDS,
+                    max_time=max(MAX_SECONDS, plan.min_time) / TIMING_ROUNDS, cap_after=1)
             except Exception as exc:
                 _call_failed(m, exc)
                 m.times, m.max_err, m.tol = [], None, None

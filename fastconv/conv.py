@@ -658,8 +658,11 @@ def _nchw_runs_ch(g: _validate.Geometry, groups: int, c_out: int, itemsize: int)
     10x10 outputs) with AVX2, 69% of the pix lanes used and 98% of the ch ones, 0.26
     against 0.20; with AVX-512 (32-channel ch blocks, half used) 0.17 against 0.21, both as
     chosen. LeNet conv1 (6 channels): pix, 0.17 against 0.27 (AVX2) and 0.38 (AVX-512). The
-    dense suite layers fill both kernels' blocks (96% or more) and run within 8% either way.
-    Cached: called on every blocked call.
+    dense suite layers fill both kernels' blocks (96% or more), and the dropped columns of the
+    pix grid tip the padded ones to the ch kernel: pix / ch time 0.98-1.08 with AVX-512
+    (vgg_3x3 0.98, resnet_3x3 1.07, s2_3x3 1.08, dilated_3x3 0.99, alexnet_conv1 0.98,
+    stem_7x7 1.04) and with AVX2 (1.08, 1.02, 1.07, 1.07, 1.00, 0.98). Cached: called on
+    every blocked call.
     """
     sizes = _blocked.block_sizes(itemsize)
     lanes = []

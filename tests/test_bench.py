@@ -391,7 +391,7 @@ def test_implementations_are_timed_in_turns():
         return _bench.Impl(name, call)
 
     calls = _bench.Calls({"ref": lambda: result},
-                         [impl("a"), impl("b"), impl("fastconv", fail_on_call=3),
+                         [impl("a"), impl("b"), impl("fastconv", fail_on_call=5),
                           impl("torch", fail_on_call=2)], {"ref": (1,)},
                          time_reference=False)
     spec = _bench.CaseSpec("relu", "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
@@ -399,39 +399,44 @@ def test_implementations_are_timed_in_turns():
     case = _bench.run_case(spec, plan, "default")
     per_round = -(-6 // _bench.TIMING_ROUNDS)
     assert per_round >= 2
-    # One checked call each, then rounds of `per_round` calls each: torch fails on its first
-    # timed call, "fastconv" on its second, and later rounds have a and b only.
-    first_round = ["a"] * per_round + ["b"] * per_round + ["fastconv"] * 2 + ["torch"]
-    later = (["a"] * per_round + ["b"] * per_round) * (_bench.TIMING_ROUNDS - 1)
-    assert log == ["a", "b", "fastconv", "torch"] + first_round + later
+    assert per_round == 2 and _bench.TIMING_ROUNDS == 3   # as the call counts below assume
+    # One checked call each, then rounds of 2 calls each: torch fails on its first timed call,
+    # "fastconv" on its fourth (in round 2, its round-1 times are dropped), and the last
+    # round has a and b only.
+    rounds = [["a", "a", "b", "b", "fastconv", "fastconv", "torch"],
+              ["a", "a", "b", "b", "fastconv", "fastconv"], ["a", "a", "b", "b"]]
+    assert log == ["a", "b", "fastconv", "torch"] + sum(rounds, [])
     by_name = {m.impl: m for m in case.measurements}
     assert len(by_name["a"].times) == len(by_name["b"].times) == 6
     assert by_name["fastconv"].status == "FAIL" and not by_name["fastconv"].times
+    assert by_name["fastconv"].max_err is None and by_name["a"].max_err == 0
     assert "fastconv broke" in by_name["fastconv"].note
     assert by_name["torch"].status == "n/a" and "torch broke" in by_name["torch"].note
 
 
-def test_settle_waits_for_busy_threads():
-    """settle() returns at once on an idle process, and only after a thread of the process
-    stops burning CPU (as NumPy's BLAS threads do after a GEMM)."""
-    import threading
-    import time
+def test_settle_waits_for_busy_threads(monkeypatch):
+    """settle() returns at once on an idle process, waits while the process's threads burn
+    CPU time during its probes (as NumPy's BLAS threads do after a GEMM), and gives up after
+    its limit. On a simulated clock: the process is busy for the first ``busy_probes``."""
+    class Clock:
+        def __init__(self, busy_probes):
+            self.now, self.cpu, self.busy_probes, self.probes = 0.0, 0.0, busy_probes, 0
 
-    assert _bench.settle()
-    stop = time.perf_counter() + 0.15
+        def perf_counter(self):
+            return self.now
 
-    def spin():
-        while time.perf_counter() < stop:
-            pass
+        def process_time(self):
+            return self.cpu
 
-    worker = threading.Thread(target=spin)
-    worker.start()
-    start = time.perf_counter()
-    assert _bench.settle(max_seconds=2.0)
-    assert time.perf_counter() - start >= 0.1
-    worker.join()
-    stop = time.perf_counter() + 0.3
-    worker = threading.Thread(target=spin)
-    worker.start()
-    assert not _bench.settle(max_seconds=0.05)   # still busy when the wait runs out
-    worker.join()
+        def sleep(self, seconds):
+            self.now += seconds
+            self.probes += 1
+            if self.probes <= self.busy_probes:
+                self.cpu += seconds   # one core busy throughout the probe
+
+    for busy, limit, settled in ((0, 1.0, True), (12, 1.0, True), (1000, 0.5, False)):
+        clock = Clock(busy)
+        monkeypatch.setattr(_bench, "time", clock)
+        assert _bench.settle(limit) is settled
+        probes = min(busy, round(limit / _bench.SETTLE_PROBE_SECONDS)) + settled
+        assert clock.probes == probes, (busy, clock.probes)

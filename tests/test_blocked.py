@@ -120,7 +120,7 @@ def _force_nchw_kernel(monkeypatch, kernel):
     call = blocked.conv2d_blocked
 
     def spy(*args):
-        chosen.append("ch" if args[19] else "pix")   # ch_nchw
+        chosen.append("ch" if len(args) > 19 and args[19] else "pix")   # ch_nchw
         return call(*args)
 
     monkeypatch.setattr(conv_module, "_nchw_runs_ch", lambda *a: kernel == "ch")
@@ -168,7 +168,7 @@ def test_nchw_runs_either_micro_kernel(monkeypatch, kernel, dtype, n, c_in, h, w
 def test_nchw_ch_kernel_around_its_blocks(monkeypatch, dtype):
     """The ch kernel on NCHW: channel counts around its channel block, output planes around
     its pixel block (a short last block repeats its last pixel, which must not be stored)."""
-    _force_nchw_kernel(monkeypatch, "ch")
+    chosen = _force_nchw_kernel(monkeypatch, "ch")
     sizes = block_sizes(dtype)
     cols, q = sizes["ch_cols"], sizes["ch_pixels"]
     for c_out in sorted({4, cols - 1, cols, cols + 1, 2 * cols + 3} - {0, 1, 2, 3}):
@@ -176,38 +176,40 @@ def test_nchw_ch_kernel_around_its_blocks(monkeypatch, dtype):
     for pixels in sorted({1, 2, q - 1, q, q + 1, 2 * q + 1}):
         check("NCHW", dtype, 2, 4, 1, pixels + 2, 8, (1, 3))
         check("NCHW", dtype, 1, 4, pixels + 2, 1, 8, (3, 1))
+    assert chosen and set(chosen) == {"ch"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nchw_kernel_choice(dtype):
     """The NCHW blocked call runs the kernel whose blocks cover fewer lanes (channels x
-    pixels), the ch one on a tie: counted here from the two plans' own block counts, and on
-    this build's block sizes the suite's choices that _nchw_runs_ch documents."""
+    pixels), the ch one on a tie: the lane counts worked out here from the geometry (stride
+    1: the pix kernel's grid is out_h rows of the padded width), and on this build's block
+    sizes the suite's choices that _nchw_runs_ch documents."""
     itemsize = np.dtype(dtype).itemsize
     sizes = block_sizes(dtype)
 
-    def geometry(c_in, c_out, hw, kernel, stride=1, padding=0):
+    def up(n, block):
+        return -(-n // block) * block
+
+    def choice(c_in, c_out, hw, kernel, padding=0):
         x = np.zeros((2, c_in, hw, hw), dtype)
-        return _validate.conv_args(x, np.zeros((c_out, c_in, kernel, kernel), dtype), None,
-                                   stride, padding, 1, 1, "NCHW", None, "test").geometry
+        g = _validate.conv_args(x, np.zeros((c_out, c_in, kernel, kernel), dtype), None,
+                                1, padding, 1, 1, "NCHW", None, "test").geometry
+        out = hw + 2 * padding - kernel + 1
+        pix = up(c_out, sizes["pix_rows"]) * up(out * (hw + 2 * padding), sizes["pix_pixels"])
+        ch = up(c_out, sizes["ch_cols"]) * up(out * out, sizes["ch_pixels"])
+        runs_ch = conv_module._nchw_runs_ch(g, 1, c_out, itemsize)
+        assert runs_ch == (ch <= pix), (c_in, c_out, hw, kernel, padding, ch, pix)
+        return runs_ch
 
-    def lanes(g, c_out, ch):
-        plan = conv_module._blocked_plan_for(g, 1, c_out, "NCHW", itemsize, ch)
-        pixels = sizes["ch_pixels"] if ch else sizes["pix_pixels"]
-        return plan[1] * plan[2] * plan[3] * pixels
-
-    layers = {"lenet_conv1": (1, 6, 28, 5, 1, 2), "lenet_conv2": (6, 16, 14, 5),
-              "vgg_3x3": (64, 64, 56, 3, 1, 1), "s2_3x3": (64, 128, 56, 3, 2, 1),
-              "one_pixel": (8, 64, 3, 3), "odd_channels": (8, 9, 20, 3)}
-    choices = {}
-    for name, (c_in, c_out, *rest) in layers.items():
-        g = geometry(c_in, c_out, *rest)
-        choices[name] = conv_module._nchw_runs_ch(g, 1, c_out, itemsize)
-        assert choices[name] == (lanes(g, c_out, True) <= lanes(g, c_out, False)), name
+    choices = {"lenet_conv1": choice(1, 6, 28, 5, 2), "lenet_conv2": choice(6, 16, 14, 5),
+               "vgg_3x3": choice(64, 64, 56, 3, 1), "odd_channels": choice(8, 9, 20, 3),
+               "one_pixel": choice(8, 64, 3, 3)}
     if _isa.LEVEL in ("avx2", "avx512") and dtype == np.float32:
-        assert not choices["lenet_conv1"] and choices["vgg_3x3"] and choices["s2_3x3"]
+        assert not choices["lenet_conv1"] and choices["vgg_3x3"]
         assert choices["lenet_conv2"] == (_isa.LEVEL == "avx2")
     assert choices["one_pixel"]   # one pixel: the pix kernel computes a block of them
+
 
 # One output channel per group: NCHW depthwise and grouped layers, single-channel images in
 # either layout (an NHWC one is an NCHW one in memory).
@@ -357,9 +359,14 @@ def test_nhwc_depthwise_sliding_runs(dtype, kernel, kw):
     lanes = {"avx512": 64, "avx2": 32}.get(_isa.LEVEL, 16) // np.dtype(dtype).itemsize
     block = 2 * lanes
     for channels in sorted({block - 1, block, block + 1, 2 * block + lanes + 1}):
+        if channels < conv_module.NHWC_DIRECT_MIN_CHANNELS:
+            continue   # too narrow for the NHWC depthwise kernel (runs transposed)
         for width in (5, 6, 7, 10, 13):
             x, w, b = problem("NHWC", dtype, 2, channels, 6, width, channels, kernel,
                               groups=channels)
+            assert conv_module._is_nhwc_depthwise(_validate.conv_args(
+                x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                channels, "NHWC", None, "test"))
             for bias, act in ((b, "relu"), (None, None)):
                 got = [fastconv.conv2d(x, w, bias, groups=channels, layout="NHWC",
                                        algorithm="direct", activation=act, num_threads=t,
@@ -582,9 +589,9 @@ def test_cached_plans_are_read_only_and_reused_correctly(layout, c_out, groups):
             got = fastconv.conv2d(xl, wl, b, 2, 1, 1, groups, layout=layout, algorithm="direct")
             want = reference.conv2d(xl, wl, b, 2, 1, 1, groups, layout=layout)
             assert_close(got, want, dtype=dtype, reduction_length=9 * 4 // groups)
-    cached = [conv_module._tap_offsets, conv_module._blocked_plan_for,
-              conv_module._planes_plan]
-    assert sum(f.cache_info().hits for f in cached) > 0
+    # Each (dtype, layout) pair ran twice: the second call found its launch plan cached.
+    launch = conv_module._blocked_launch if c_out == 8 else conv_module._planes_launch
+    assert launch.cache_info().hits >= len(DTYPES)
     g = _validate.conv_args(x, w, b, 2, 1, 1, groups, "NCHW", None).geometry
     table = conv_module._tap_offsets(g, 4 // groups, 4, False)
     assert not table.flags.writeable
