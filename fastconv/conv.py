@@ -321,17 +321,16 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _blocked_plan_for(g: _validate.Geometry, groups: int, c_out: int, layout: str,
-                      itemsize: int, ch: Optional[bool] = None):
+                      itemsize: int, ch: bool):
     """Offsets, block counts and scratch sizes of the blocked kernel for these arguments.
 
-    ``layout`` is that of the image and result; ``ch``: run the ch micro-kernel (default:
-    for NHWC) rather than the pix one. Returns ``(off, n_cb, block, n_qblocks, Hs, Ws,
+    ``layout`` is that of the image and result; ``ch``: run the ch micro-kernel (always for
+    NHWC) rather than the pix one. Returns ``(off, n_cb, block, n_qblocks, Hs, Ws,
     prepared, buf_len)``: ``off`` (groups, K, read-only) gives where each tap of each group
     reads the prepared image, relative to the pixel; an image preparation writes
     ``prepared`` elements of a ``buf_len`` scratch row.
     """
     nhwc = layout == "NHWC"
-    ch = nhwc if ch is None else ch
     cig, cog = g.c // groups, c_out // groups
     hs, ws = _prepared_grid(g)
     sizes = _blocked.block_sizes(itemsize)
@@ -428,11 +427,9 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     elif layout == "NHWC" and _is_pointwise(g):
         _conv_pointwise_nhwc(x, w, bias, out4, args, n_threads)
         return
-    ch_nchw = (layout == "NCHW" and not out_nhwc
-               and _nchw_runs_ch(g, args.groups, args.c_out, args.dtype.itemsize))
-    (off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len, threads, per_image,
-     chunk) = _blocked_launch(g, args.groups, args.c_out, layout, args.dtype.itemsize, n_threads,
-                              layout == "NHWC" or ch_nchw)
+    (off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len, threads, per_image, chunk,
+     ch) = _blocked_launch(g, args.groups, args.c_out, layout, args.dtype.itemsize, n_threads,
+                           out_nhwc)
     wpack = _pack_blocked_weight(w, args, n_cb, block, layout)
     xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
     # Every image preparation rewrites its first `prepared` elements; the slack after them
@@ -441,14 +438,17 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, layout == "NHWC",
                             g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
                             chunk, False, args.activation == "relu", threads, out_nhwc,
-                            ch_nchw)
+                            ch and layout == "NCHW")
 
 
 @functools.lru_cache(maxsize=256)
 def _blocked_launch(g: _validate.Geometry, groups: int, c_out: int, layout: str, itemsize: int,
-                    n_threads: int, ch: bool):
-    """_blocked_plan_for's plan followed by ``(threads, per_image, chunk)``: how _conv_blocked
-    runs a call with at most ``n_threads``. Cached, like _planes_launch."""
+                    n_threads: int, out_nhwc: bool):
+    """_blocked_plan_for's plan followed by ``(threads, per_image, chunk, ch)``: how
+    _conv_blocked runs a call with at most ``n_threads``, ``ch`` telling the micro-kernel
+    (``out_nhwc``: the pix kernel into an NHWC result, see _pix_for_nhwc). Cached, like
+    _planes_launch."""
+    ch = layout == "NHWC" or (not out_nhwc and _nchw_runs_ch(g, groups, c_out, itemsize))
     plan = _blocked_plan_for(g, groups, c_out, layout, itemsize, ch)
     n_cb, n_qblocks = plan[1], plan[3]
     threads = _blocked_threads(_geometry_macs(g, groups, c_out), g.n * groups, n_threads,
@@ -456,7 +456,7 @@ def _blocked_launch(g: _validate.Geometry, groups: int, c_out: int, layout: str,
     # Whole images per thread when they share out evenly enough; else one image at a time,
     # split into (group, pixel chunk) items.
     per_image = threads > 1 and _whole_images(g.n, threads)
-    return plan + (threads, per_image, _pixel_chunk(n_qblocks, threads, groups))
+    return plan + (threads, per_image, _pixel_chunk(n_qblocks, threads, groups), ch)
 
 
 def _clear_launch_caches() -> None:
@@ -661,8 +661,8 @@ def _nchw_runs_ch(g: _validate.Geometry, groups: int, c_out: int, itemsize: int)
     dense suite layers fill both kernels' blocks (96% or more), and the dropped columns of the
     pix grid tip the padded ones to the ch kernel: pix / ch time 0.98-1.08 with AVX-512
     (vgg_3x3 0.98, resnet_3x3 1.07, s2_3x3 1.08, dilated_3x3 0.99, alexnet_conv1 0.98,
-    stem_7x7 1.04) and with AVX2 (1.08, 1.02, 1.07, 1.07, 1.00, 0.98). Cached: called on
-    every blocked call.
+    stem_7x7 1.04) and with AVX2 (1.08, 1.02, 1.07, 1.07, 1.00, 0.98). Cached (it builds
+    both kernels' plans); _blocked_launch, itself cached, asks it.
     """
     sizes = _blocked.block_sizes(itemsize)
     lanes = []

@@ -125,6 +125,7 @@ def _force_nchw_kernel(monkeypatch, kernel):
 
     monkeypatch.setattr(conv_module, "_nchw_runs_ch", lambda *a: kernel == "ch")
     monkeypatch.setattr(blocked, "conv2d_blocked", spy)
+    conv_module._clear_launch_caches()   # the launch plans hold the choice
     return chosen
 
 

@@ -344,9 +344,10 @@ FC_DEFINE_DRIVERS(double, f64)
  * with bounds checks). */
 #define FC_DW_MAX_TAPS 64
 #if FC_VECTOR_EXT
-/* Bias, then ReLU ("v <= 0" is false for NaN, so NaN passes, as in PyTorch), then store. */
-#define FC_DW_STORE(SUF, o, acc, relu)                                                      \
-    FC_UNROLL for (j = 0; j < FC_DW_VECS; j++) {                                            \
+/* ReLU ("v <= 0" is false for NaN, so NaN passes, as in PyTorch) on the biased sums acc[0..n),
+ * then store them (n vectors, V apart, from o). */
+#define FC_DW_STORE(SUF, o, acc, n, relu)                                                   \
+    FC_UNROLL for (j = 0; j < (n); j++) {                                                   \
         if (relu)                                                                           \
             acc[j] = (fc_vec_##SUF)((fc_ivec_##SUF)acc[j]                                   \
                                     & ~(fc_ivec_##SUF)(acc[j] <= FC_ZERO(SUF)));            \
@@ -385,13 +386,9 @@ FC_DEFINE_DRIVERS(double, f64)
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
-        FC_UNROLL for (i = 0; i < FC_DW_RUN; i++)                                           \
-            FC_UNROLL for (j = 0; j < FC_DW_RUN_VECS; j++) {                                \
-                fc_vec_##SUF v = acc[i][j];                                                 \
-                if (relu)                                                                   \
-                    v = (fc_vec_##SUF)((fc_ivec_##SUF)v & ~(fc_ivec_##SUF)(v <= FC_ZERO(SUF))); \
-                FC_STORE(SUF, o + i * C + j * V, v);                                        \
-            }                                                                               \
+        FC_UNROLL for (i = 0; i < FC_DW_RUN; i++) {                                         \
+            FC_DW_STORE(SUF, o + i * C, acc[i], FC_DW_RUN_VECS, relu)                       \
+        }                                                                                   \
     }
 /* Columns whose window lies inside the row (ow in [lo, hi)) run over a table of the row's
  * valid taps with no bounds checks (3-wide stride-1 kernels: runs of FC_DW_RUN columns
@@ -447,7 +444,7 @@ FC_DEFINE_DRIVERS(double, f64)
                         FC_UNROLL for (j = 0; j < FC_DW_VECS; j++)                          \
                             acc[j] += FC_LOAD(SUF, xt + j * V) * FC_LOAD(SUF, wt + j * V);  \
                     }                                                                       \
-                    FC_DW_STORE(SUF, o + c, acc, relu)                                      \
+                    FC_DW_STORE(SUF, o + c, acc, FC_DW_VECS, relu)                          \
                 }                                                                           \
             } else {                                                                        \
                 for (c = 0; c + B <= C; c += B) {                                           \
@@ -465,7 +462,7 @@ FC_DEFINE_DRIVERS(double, f64)
                                           * FC_LOAD(SUF, w + (kh * KW + kw) * C + c + j * V); \
                         }                                                                   \
                     }                                                                       \
-                    FC_DW_STORE(SUF, o + c, acc, relu)                                      \
+                    FC_DW_STORE(SUF, o + c, acc, FC_DW_VECS, relu)                          \
                 }                                                                           \
             }                                                                               \
             fc_dw_nhwc_tail_##SUF(x, w, bias, o, c, C, H, W, KH, KW, ih0, iw0, dh, dw,      \
