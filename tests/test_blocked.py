@@ -632,6 +632,40 @@ def test_single_channel_nhwc_few_outputs_use_the_pix_kernel(dtype, extra):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias, activation", [(False, None), (True, None), (True, "relu")])
+def test_channels_last_store_matches_the_nchw_store_bit_for_bit(dtype, bias, activation):
+    """The pix kernel's tile reaches an NHWC result through fc_store_channels_last (whole
+    vectors of pixels transposed in registers, the rest one value at a time) and an NCHW one
+    through the row epilogue: the same sums, so the same bits, NaN and inf included. Output
+    counts below, at and past a row block; widths that leave 0, 1 and most of a vector after
+    the vectors of each tile segment; one image and three (both ways of sharing a batch)."""
+    rows = block_sizes(dtype)["pix_rows"]
+    half = block_sizes(dtype)["ch_cols"] // 2
+    for c_out in sorted({4, rows - 2, rows, rows + 3, half}):
+        if not 4 <= c_out <= half:
+            continue
+        for n, h, w in ((1, 11, 16), (3, 7, 33), (1, 20, 47)):
+            rng = np.random.default_rng(c_out * 100 + w)
+            x = rng.standard_normal((n, 1, h, w)).astype(dtype)
+            x[0, 0, 2, 3], x[-1, 0, h // 2, w - 2], x[0, 0, h - 1, w // 2] = np.nan, np.inf, -np.inf
+            wt = rng.standard_normal((c_out, 1, 3, 5)).astype(dtype)
+            b = rng.standard_normal(c_out).astype(dtype) if bias else None
+            kw = dict(padding=(1, 2), activation=activation, algorithm="direct")
+            nhwc_args = _validate.conv_args(to_nhwc(x), oihw_to_hwio(wt), b, 1, (1, 2), 1, 1,
+                                            "NHWC", activation, "test")
+            assert conv_module._pix_for_nhwc(nhwc_args)
+            assert not conv_module._nchw_runs_ch(nhwc_args.geometry, 1, c_out,
+                                                 np.dtype(dtype).itemsize)
+            want = fastconv.conv2d(x, wt, b, **kw)
+            got = fastconv.conv2d(to_nhwc(x), oihw_to_hwio(wt), b, layout="NHWC", **kw)
+            np.testing.assert_array_equal(got, to_nhwc(want), err_msg=f"c_out={c_out} w={w}")
+            assert np.isnan(got).any()   # the planted NaN reached the result
+            assert_close(got, reference.conv2d(to_nhwc(x), oihw_to_hwio(wt), b, 1, (1, 2),
+                                               layout="NHWC", activation=activation),
+                         dtype, 15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels, multiplier", [(4, 1), (3, 2), (7, 1)])
 def test_narrow_nhwc_grouped_layers_run_transposed(dtype, channels, multiplier):
     """NHWC layers with fewer than NHWC_DIRECT_MIN_CHANNELS outputs that no NHWC kernel takes
