@@ -261,12 +261,14 @@ BAND_CASES = [   # (n, c = groups, h, w, kernel, kw): stride 1, one input channe
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, c, h, w, kernel, kw", BAND_CASES)
 @pytest.mark.parametrize("band_bytes", [1, 2000, 2**20])
+@pytest.mark.parametrize("plane_rows", [False, True], ids=["prepared", "rows"])
 def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w, kernel, kw,
-                                         band_bytes):
+                                         band_bytes, plane_rows):
     """Large planes (or fewer planes than threads) are split into bands of output rows, each
-    prepared and computed on its own: the results must be the reference's and bit-identical
-    to the unbanded plane, for any band height (band_bytes 1: PLANE_BAND_MIN_ROWS rows) and
-    any thread count."""
+    prepared and computed on its own (or, by conv2d_plane_rows, read in place): the results
+    must be the reference's and bit-identical to the unbanded plane, for any band height
+    (band_bytes 1: PLANE_BAND_MIN_ROWS rows) and any thread count."""
+    monkeypatch.setattr(conv_module, "PLANE_ROWS", plane_rows)
     x, wt, b = problem("NCHW", dtype, n, c, h, w, c, kernel, groups=c)
     whole = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=1,
                             activation="relu", **kw)
@@ -286,13 +288,12 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w
         assert bands[3] >= min(-(-3 // (n * c)), g.out_h // conv_module.PLANE_BAND_MIN_ROWS)
     want = reference.conv2d(x, wt, b, groups=c, activation="relu", **kw)
     band_args = []
-    real = conv_module._blocked.conv2d_planes
+    for name, band_arg in (("conv2d_planes", -4), ("conv2d_plane_rows", -3)):
+        def spy(*a, _real=getattr(blocked, name), _at=band_arg):
+            band_args.append(a[_at])   # band_rows
+            return _real(*a)
 
-    def spy(*a):
-        band_args.append(a[-4])   # band_rows
-        return real(*a)
-
-    monkeypatch.setattr(conv_module._blocked, "conv2d_planes", spy)
+        monkeypatch.setattr(blocked, name, spy)
     for threads in (1, 2, 3):
         got = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=threads,
                               activation="relu", **kw)
@@ -305,6 +306,86 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w
             np.testing.assert_array_equal(got, to_nhwc(whole))
     if band_bytes == 1:
         assert min(band_args) < g.out_h   # the kernel really ran in bands
+
+
+ROWS_CASES = [   # (n, c, h, w, kernel, conv2d keywords)
+    (1, 1, 1, 1, (1, 1), {}),
+    (2, 3, 5, 17, (3, 3), dict(padding=1)),
+    (1, 2, 4, 64, (3, 3), dict(padding=1)),                 # one block wide, with edges
+    (1, 1, 9, 70, (3, 3), {}),                              # blocks entirely inside the row
+    (2, 2, 7, 100, (5, 3), dict(padding=((2, 1), (0, 3)))),
+    (1, 3, 6, 33, (2, 7), dict(padding=3, dilation=2)),
+    (1, 1, 3, 5, (3, 3), dict(padding=4)),                  # padding wider than the kernel
+    (1, 1, 3, 9, (3, 3), dict(padding=(0, 1))),              # one output row
+    (3, 4, 11, 15, (7, 7), dict(padding="same")),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c, h, w, kernel, kw", ROWS_CASES)
+@pytest.mark.parametrize("bias, activation", [(False, None), (True, "relu")])
+def test_plane_rows_kernel_matches_the_prepared_one(monkeypatch, dtype, n, c, h, w, kernel, kw,
+                                                    bias, activation):
+    """conv2d_plane_rows (stride 1, read in place, masked loads at the row ends) against the
+    prepared one-channel kernel, bit for bit (the same sums in the same order: padding taps
+    add zeros there and are skipped or masked here), and against the reference; NaN and inf
+    in x, several threads, and the single-channel NHWC image that is the same memory."""
+    if not blocked.plane_rows_native():
+        pytest.skip("this level runs the prepared one-channel kernel only")
+    x, wt, b = problem("NCHW", dtype, n, c, h, w, c, kernel, groups=c, seed=h * w)
+    x.flat[::7] = np.nan
+    x.flat[3::11] = np.inf
+    b = b if bias else None
+    args = _validate.conv_args(x, wt, b, 1, kw.get("padding", 0), kw.get("dilation", 1), c,
+                               "NCHW", activation, "test")
+    assert conv_module._runs_plane_rows(wt, args.geometry, c)
+    results = {}
+    for plane_rows in (False, True):
+        monkeypatch.setattr(conv_module, "PLANE_ROWS", plane_rows)
+        for threads in (1, 2):
+            results[plane_rows, threads] = fastconv.conv2d(
+                x, wt, b, groups=c, activation=activation, algorithm="direct",
+                num_threads=threads, **kw)
+    want = reference.conv2d(x, wt, b, groups=c, activation=activation, **kw)
+    assert_close(results[True, 1], want, dtype, kernel[0] * kernel[1])
+    for got in results.values():
+        np.testing.assert_array_equal(got, results[False, 1])
+    if c == 1:
+        got = fastconv.conv2d(to_nhwc(x), oihw_to_hwio(wt), b, layout="NHWC",
+                              activation=activation, algorithm="direct", **kw)
+        np.testing.assert_array_equal(got, to_nhwc(results[False, 1]))
+
+
+def test_plane_rows_rule():
+    """Which one-channel calls read x in place (see _runs_plane_rows)."""
+    def runs_rows(n, c, h, w, weight=None, **kw):
+        wt = np.ones((c, 1, 3, 3), np.float32) if weight is None else weight
+        x = np.zeros((n, c, h, w), np.float32)
+        g = _validate.conv_args(x, wt, None, kw.get("stride", 1), kw.get("padding", 0), 1, c,
+                                "NCHW", None, "test").geometry
+        return conv_module._runs_plane_rows(wt, g, c)
+
+    native = blocked.plane_rows_native()
+    assert runs_rows(32, 128, 56, 56, padding=1) == native       # small planes
+    assert runs_rows(1, 1, 512, 512, padding=1) == native        # one large plane
+    assert not runs_rows(32, 1, 512, 512, padding=1)             # many large planes
+    assert not runs_rows(2, 8, 30, 30, stride=2, padding=1)      # stride 2
+    inf = np.ones((8, 1, 3, 3), np.float32)
+    inf[3, 0, 1, 1] = np.inf
+    assert not runs_rows(2, 8, 30, 30, weight=inf, padding=1)   # must meet padding zeros
+    assert runs_rows(2, 8, 30, 30, weight=inf) == native         # no padding to meet
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plane_rows_inf_weight_meets_padding_zeros(dtype):
+    """An inf weight with padding runs the prepared kernel, so that the padding zeros it
+    meets give NaN at the border, as in PyTorch and the reference."""
+    x, wt, b = problem("NCHW", dtype, 2, 4, 9, 21, 4, (3, 3), groups=4)
+    wt[1, 0, 0, 0] = np.inf
+    got = fastconv.conv2d(x, wt, b, padding=1, groups=4, algorithm="direct")
+    want = reference.conv2d(x, wt, b, padding=1, groups=4)
+    assert np.isnan(want[:, 1, 0, :]).all()
+    assert_close(got, want, dtype, 9)
 
 
 def test_band_rows_rule():
@@ -436,22 +517,25 @@ def test_scratch_views_are_reused_and_follow_their_buffer(monkeypatch):
 
 
 @pytest.mark.skipif(not fastconv.config()["openmp"], reason="built without OpenMP")
-@pytest.mark.parametrize("shape, c_out, groups", [
-    ((2, 16, 30, 30), 16, 16),     # one-channel kernel
-    ((2, 8, 30, 30), 16, 1),       # blocked kernel
+@pytest.mark.parametrize("shape, c_out, groups, name", [
+    ((2, 16, 30, 30), 16, 16, "conv2d_planes"),        # one-channel kernel, prepared
+    ((2, 16, 30, 30), 16, 16, "conv2d_plane_rows"),    # one-channel kernel, in place
+    ((2, 8, 30, 30), 16, 1, "conv2d_blocked"),         # blocked kernel
 ])
 def test_cached_launch_plans_follow_the_thread_limit(monkeypatch, request, shape, c_out,
-                                                      groups):
+                                                      groups, name):
     """The launch plans are cached per thread limit: alternating 1 and 2 threads on one shape
     runs each call on its own count, with bit-identical, correct results."""
+    if name == "conv2d_plane_rows" and not blocked.plane_rows_native():
+        pytest.skip("this level runs the prepared one-channel kernel only")
+    monkeypatch.setattr(conv_module, "PLANE_ROWS", name == "conv2d_plane_rows")
     x, wt, b = problem("NCHW", np.float32, shape[0], shape[1], shape[2], shape[3], c_out,
                        (3, 3), groups=groups)
-    name = "conv2d_planes" if groups == c_out else "conv2d_blocked"
     kernel = getattr(blocked, name)
     seen = []
 
     def spy(*args):
-        seen.append(args[-1] if name == "conv2d_planes" else args[17])
+        seen.append(args[17] if name == "conv2d_blocked" else args[-1])
         return kernel(*args)
 
     monkeypatch.setattr(blocked, name, spy)

@@ -658,7 +658,8 @@ def test_inputs_are_not_modified(dtype, algorithm, layout):
 
 KERNEL_NAMES = {
     "_conv": ("conv2d_direct_nchw", "conv2d_direct_nhwc", "add_bias_relu"),
-    "_blocked": ("conv2d_blocked", "conv2d_planes", "conv2d_depthwise_nhwc"),
+    "_blocked": ("conv2d_blocked", "conv2d_planes", "conv2d_plane_rows",
+                 "conv2d_depthwise_nhwc"),
     "_im2col": ("im2col_nchw", "im2col_nhwc", "col2im_nchw", "col2im_nhwc"),
 }
 

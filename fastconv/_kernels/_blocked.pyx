@@ -65,6 +65,25 @@ cdef extern from "_blocked.h" nogil:
                           Py_ssize_t ops)
 
 
+cdef extern from "_plane_rows.h" nogil:
+    int fc_plane_rows_native()
+    void fc_plane_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, const float* w,
+                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw,
+                           Py_ssize_t pt, Py_ssize_t pl, float* out, Py_ssize_t OW,
+                           Py_ssize_t oh0, Py_ssize_t oh1, float bias, int relu)
+    void fc_plane_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, const double* w,
+                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw,
+                           Py_ssize_t pt, Py_ssize_t pl, double* out, Py_ssize_t OW,
+                           Py_ssize_t oh0, Py_ssize_t oh1, double bias, int relu)
+
+
+def plane_rows_native():
+    """Whether this build level has the masked loads that :func:`conv2d_plane_rows` is
+    written for (AVX2, AVX-512); elsewhere it works lane by lane and is slower than
+    :func:`conv2d_planes`."""
+    return bool(fc_plane_rows_native())
+
+
 def block_sizes(Py_ssize_t itemsize):
     """Block sizes of this build for float32 (itemsize 4) or float64 (8), as a dict:
     ``pix_rows`` output channels x ``pix_pixels`` pixels (NCHW), ``ch_pixels`` pixels x
@@ -382,6 +401,52 @@ def conv2d_planes(
                                     op + plane * OH * OW + oh0 * OW,
                                     bp + g if bp != NULL else NULL, 1, rows, OW, Ws, relu,
                                     OH * OW, 1)
+
+
+def conv2d_plane_rows(
+    const floating[:, :, :, ::1] x,        # IN  (N, C, H, W), C == C_out: one per group
+    const floating[:, ::1] weight,         # IN  (C_out, KH * KW)
+    const floating[::1] bias,              # IN  (C_out,) or (0,) for none
+    floating[:, :, :, ::1] out,            # OUT (N, C_out, OH, OW), OW = W + pads - reach
+    Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+    Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t band_rows, bint relu, int n_threads,
+):
+    """Stride-1 convolution with one input and one output channel per group, read straight
+    from x (see ``_plane_rows.h``): no prepared copy, no scratch. A work item is a band of
+    ``band_rows`` output rows of one plane (a whole plane when ``band_rows >= OH``). Taps on
+    padding contribute zeros (rows outside x are skipped): the caller sends non-finite
+    weights with padding to :func:`conv2d_planes`, whose padding zeros are real."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t C_out = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t K = kernel_h * kernel_w, n_bands, item, plane, oh0, oh1
+    if N == 0 or C_out == 0 or OH == 0 or OW == 0:
+        return
+    # Reads stay inside x for any output size and padding (rows outside are skipped, lanes
+    # outside a row masked), so only the channel and weight shapes need checking.
+    if (C != C_out or x.shape[0] != out.shape[0] or weight.shape[0] != C_out
+            or weight.shape[1] != kernel_h * kernel_w or band_rows < 1
+            or (bias.shape[0] != 0 and bias.shape[0] != C_out)):
+        raise ValueError("conv2d_plane_rows: inconsistent shapes")
+    n_bands = (OH + band_rows - 1) // band_rows
+    cdef const floating* xp = &x[0, 0, 0, 0]
+    cdef const floating* wp = &weight[0, 0]
+    cdef floating* op = &out[0, 0, 0, 0]
+    cdef bint has_bias = bias.shape[0] > 0
+    with nogil:
+        for item in prange(N * C_out * n_bands, schedule="static", num_threads=n_threads):
+            plane = item // n_bands
+            oh0 = (item % n_bands) * band_rows
+            oh1 = oh0 + band_rows if oh0 + band_rows < OH else OH
+            if floating is float:
+                fc_plane_rows_f32(xp + plane * H * W, H, W, wp + (plane % C_out) * K,
+                                  kernel_h, kernel_w, dilation_h, dilation_w, pad_top,
+                                  pad_left, op + plane * OH * OW, OW, oh0, oh1,
+                                  bias[plane % C_out] if has_bias else 0, relu)
+            else:
+                fc_plane_rows_f64(xp + plane * H * W, H, W, wp + (plane % C_out) * K,
+                                  kernel_h, kernel_w, dilation_h, dilation_w, pad_top,
+                                  pad_left, op + plane * OH * OW, OW, oh0, oh1,
+                                  bias[plane % C_out] if has_bias else 0, relu)
 
 
 def conv2d_depthwise_nhwc(
