@@ -9,7 +9,7 @@
  * the row (masked loads, zero elsewhere), so the padding is never materialised. Results go
  * straight into the output row, the last vector of a row through a masked store.
  *
- * A block is FC_ROWS_R output rows x FC_ROWS_NV vectors (enough accumulators to cover the FMA
+ * A block is FC_ROWS_R output rows x FC_ROWS_NV vectors (8 accumulators, which cover the FMA
  * latency); at dilation 1 the output rows share their input rows, so each input vector is
  * loaded once for all the rows it feeds. Each output sums its taps in (kh, kw) order, as the
  * general kernel does; taps on rows outside the image are skipped and lanes outside a row
@@ -25,12 +25,10 @@
 
 #include "_simd.h"
 
-/* 16 accumulators in AVX-512's 32 registers, 8 in the 16 of AVX2 and SSE2. */
-#if defined(__AVX512F__)
-#define FC_ROWS_R 4
-#else
+/* 8 accumulators; 4 rows on AVX-512 were no faster (56x56 planes 0.144 against 0.138 ms,
+ * 512x512 equal; 3x3 with every loop unrolled was slower, 0.078 against 0.062 ms, from
+ * spills). */
 #define FC_ROWS_R 2
-#endif
 #define FC_ROWS_NV 4
 
 #if FC_VECTOR_EXT && defined(__AVX512F__)
