@@ -120,6 +120,12 @@ TIMING_ROUNDS = 3
 # reference), using a core, and a 2-thread kernel timed then ran up to 2x slower.
 SETTLE_PROBE_SECONDS = 0.01
 SETTLE_MAX_SECONDS = 1.0
+# Then, untimed, a short call is repeated for up to WARMUP_SECONDS (at most half of the
+# block's share of --min-time): after a GEMM on NumPy's BLAS the kernels' OpenMP worker woke
+# on the main thread's core for its next 50-100 ms of calls, even after a second of sleep
+# (/proc/self/task: 22-29 of 30 samples on that core, none before), and a 2-thread call on
+# a 512x512 image took 1.2-1.8x as long; 50-100 ms of calls restored it (0.73-1.25).
+WARMUP_SECONDS = 0.05
 # The reference: the checked call is timed too, then more while under --min-time, at most this.
 REF_MAX_CALLS = 3
 # Without timing the reference (--no-reference, or a later malloc condition), checks run on
@@ -1136,6 +1142,18 @@ def settle(max_seconds: float = SETTLE_MAX_SECONDS) -> bool:
             return False
 
 
+def warmup_calls(call_seconds: float, share: float) -> int:
+    """How many untimed calls of ``call_seconds`` each precede a timed block whose share of
+    --min-time is ``share`` (see WARMUP_SECONDS): none for a call longer than the warm-up.
+
+    >>> warmup_calls(0.001, 0.1), warmup_calls(0.001, 0.02), warmup_calls(0.2, 0.1)
+    (50, 10, 0)
+    """
+    seconds = min(WARMUP_SECONDS, share / 2)
+    # (+1e-9: 0.05 / 0.001 is 49.99... in binary)
+    return int(seconds / call_seconds + 1e-9) if call_seconds > 0 else 0
+
+
 def _call_failed(m: Measurement, exc: BaseException) -> None:
     # torch raising (say, an op this torch lacks) is not a fastconv failure.
     m.status = "n/a" if m.impl == "torch" else "FAIL"
@@ -1173,6 +1191,7 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         return result
 
     timed: List[Tuple[Any, Measurement]] = []
+    call_seconds: Dict[str, float] = {}   # one call at the timed batch (for warmup_calls)
     for impl, vimpl in zip(calls.impls, vcalls.impls):
         m = Measurement(impl.name, algorithm=impl.algorithm)
         result.measurements.append(m)
@@ -1180,11 +1199,15 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
             m.status, m.note = "n/a", impl.missing
             continue
         try:
+            t0 = time.perf_counter()
             got = vimpl.fn()
+            call_seconds[impl.name] = time.perf_counter() - t0
             check = compare(got, expected[impl.expect], vcalls.reductions[impl.expect])
             del got
             if vimpl is not impl:
+                t0 = time.perf_counter()
                 impl.fn()  # warm-up at the timed batch size
+                call_seconds[impl.name] = time.perf_counter() - t0
         except Exception as exc:
             _call_failed(m, exc)
             continue
@@ -1195,13 +1218,18 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         timed.append((impl, m))
     # The implementations take turns, TIMING_ROUNDS blocks each, so that a slow phase of the
     # shared machine (they last from milliseconds to seconds) falls on all of them alike; each
-    # block starts once the threads of the one before are idle (see settle).
+    # block starts once the threads of the one before are idle (see settle), after a few
+    # untimed calls (see WARMUP_SECONDS).
+    share = plan.min_time / TIMING_ROUNDS
     for _ in range(TIMING_ROUNDS):
         for impl, m in list(timed):
             settle()
             try:
+                known = m.median if m.times else call_seconds[impl.name]
+                for _ in range(warmup_calls(known, share)):
+                    impl.fn()
                 m.times += time_calls(
-                    impl.fn, -(-plan.repeats // TIMING_ROUNDS), plan.min_time / TIMING_ROUNDS,
+                    impl.fn, -(-plan.repeats // TIMING_ROUNDS), share,
                     MAX_CALLS // TIMING_ROUNDS,
                     max_time=max(MAX_SECONDS, plan.min_time) / TIMING_ROUNDS, cap_after=1)
             except Exception as exc:

@@ -414,6 +414,49 @@ def test_implementations_are_timed_in_turns():
     assert by_name["torch"].status == "n/a" and "torch broke" in by_name["torch"].note
 
 
+def test_each_timed_block_follows_untimed_warmup_calls(monkeypatch):
+    """Before each timed block, a short call runs untimed for WARMUP_SECONDS (at most half
+    the block's share of --min-time); a call longer than that gets none. On a simulated clock:
+    "fast" takes 1 ms, "slow" 80 ms."""
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+        def process_time(self):
+            return 0.0   # idle: settle() returns after one probe
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    clock = Clock()
+    monkeypatch.setattr(_bench, "time", clock)
+    log = []
+    result = np.ones(3, dtype=np.float32)
+
+    def impl(name, seconds):
+        def call():
+            clock.now += seconds
+            log.append(name)
+            return result
+        return _bench.Impl(name, call)
+
+    calls = _bench.Calls({"ref": lambda: result}, [impl("fast", 0.001), impl("slow", 0.08)],
+                         {"ref": (1,)}, time_reference=False)
+    spec = _bench.CaseSpec("relu", "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
+    plan = _bench.make_plan(parse("--repeats", "3", "--min-time", "0.3"), 1)
+    case = _bench.run_case(spec, plan, "default")
+    warm = _bench.warmup_calls(0.001, 0.3 / _bench.TIMING_ROUNDS)
+    assert warm == round(_bench.WARMUP_SECONDS / 0.001) == 50
+    by_name = {m.impl: m for m in case.measurements}
+    fast_block = len(by_name["fast"].times) // _bench.TIMING_ROUNDS
+    slow_block = len(by_name["slow"].times) // _bench.TIMING_ROUNDS
+    one_round = ["fast"] * (warm + fast_block) + ["slow"] * slow_block
+    assert log == ["fast", "slow"] + one_round * _bench.TIMING_ROUNDS
+    assert _bench.warmup_calls(0.001, 0.02) == 10 and _bench.warmup_calls(0.0, 1.0) == 0
+
+
 def test_settle_waits_for_busy_threads(monkeypatch):
     """settle() returns at once on an idle process, waits while the process's threads burn
     CPU time during its probes (as NumPy's BLAS threads do after a GEMM), and gives up after
