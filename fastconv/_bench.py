@@ -1142,16 +1142,16 @@ def settle(max_seconds: float = SETTLE_MAX_SECONDS) -> bool:
             return False
 
 
-def warmup_calls(call_seconds: float, share: float) -> int:
-    """How many untimed calls of ``call_seconds`` each precede a timed block whose share of
-    --min-time is ``share`` (see WARMUP_SECONDS): none for a call longer than the warm-up.
-
-    >>> warmup_calls(0.001, 0.1), warmup_calls(0.001, 0.02), warmup_calls(0.2, 0.1)
-    (50, 10, 0)
-    """
+def warm_up(fn: Callable[[], Any], call_seconds: float, share: float) -> None:
+    """Untimed calls of ``fn`` for min(WARMUP_SECONDS, share / 2) seconds, before a timed block
+    whose share of --min-time is ``share`` (see WARMUP_SECONDS); none when a call
+    (``call_seconds``: the shortest seen so far) takes that long."""
     seconds = min(WARMUP_SECONDS, share / 2)
-    # (+1e-9: 0.05 / 0.001 is 49.99... in binary)
-    return int(seconds / call_seconds + 1e-9) if call_seconds > 0 else 0
+    if call_seconds >= seconds:
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        fn()
 
 
 def _call_failed(m: Measurement, exc: BaseException) -> None:
@@ -1191,7 +1191,7 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         return result
 
     timed: List[Tuple[Any, Measurement]] = []
-    call_seconds: Dict[str, float] = {}   # one call at the timed batch (for warmup_calls)
+    call_seconds: Dict[str, float] = {}   # one call at the timed batch (for warm_up)
     for impl, vimpl in zip(calls.impls, vcalls.impls):
         m = Measurement(impl.name, algorithm=impl.algorithm)
         result.measurements.append(m)
@@ -1225,9 +1225,7 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         for impl, m in list(timed):
             settle()
             try:
-                known = m.median if m.times else call_seconds[impl.name]
-                for _ in range(warmup_calls(known, share)):
-                    impl.fn()
+                warm_up(impl.fn, min([call_seconds[impl.name]] + m.times), share)
                 m.times += time_calls(
                     impl.fn, -(-plan.repeats // TIMING_ROUNDS), share,
                     MAX_CALLS // TIMING_ROUNDS,

@@ -72,8 +72,10 @@ PLANES_MACS_PER_THREAD = 200_000
 PLANE_BAND_BYTES = 256 * 2**10
 PLANE_BAND_MIN_ROWS = 8
 # Stride-1 one-channel calls read x in place (conv2d_plane_rows) where the level has masked
-# loads; False sends them through the prepared copy too (tests compare the two).
+# loads; False sends them through the prepared copy too (tests compare the two). Planes
+# larger than PLANE_ROWS_MAX_BYTES do so only when there is one (see _runs_plane_rows).
 PLANE_ROWS = True
+PLANE_ROWS_MAX_BYTES = 256 * 2**10
 
 # Below this many output channels the direct NHWC path runs the NCHW kernel on transposed
 # copies (see _conv_direct).
@@ -558,7 +560,8 @@ def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
     channels prepared (padded, stride-split) into a per-thread scratch plane, then one
     output plane computed with the one-channel micro-kernel (see ``conv2d_planes``); large
     planes, or fewer planes than threads, are split into bands of output rows (see
-    _plane_band_rows)."""
+    _plane_band_rows). Where _runs_plane_rows allows, stride-1 planes (or the same bands) are
+    instead read in place by ``conv2d_plane_rows``, with no scratch."""
     g = args.geometry
     if g.n == 0 or g.out_pixels == 0:
         return
@@ -581,10 +584,11 @@ def _conv_planes(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
 
 def _runs_plane_rows(w, g: _validate.Geometry, groups: int) -> bool:
     """Whether a one-channel call runs ``conv2d_plane_rows`` (straight from x, see
-    ``_kernels/_plane_rows.h``) rather than ``conv2d_planes``: stride 1, one input channel per
-    group, a level with masked vector loads (PLANE_ROWS), planes of at most PLANE_BAND_BYTES
-    or a single plane, and finite weights unless there is no padding (that kernel skips the
-    padding rows, where an inf weight must meet a zero).
+    ``_kernels/_plane_rows.h``) rather than ``conv2d_planes``: PLANE_ROWS on, a level with
+    masked vector loads, stride 1, one input channel per group, planes of at most
+    PLANE_ROWS_MAX_BYTES or a single plane, and finite weights unless there is no row
+    padding (that kernel skips the padding rows, where an inf weight must meet a zero to give
+    NaN; padding columns it loads as zeros).
 
     Measured on the 2-core AVX-512 machine, float32 3x3, interleaved in one process (prepared
     / rows time): 128 56x56 depthwise planes 1.08-1.20 at batch 1 and 1.05-1.46 at batch 32;
@@ -593,9 +597,8 @@ def _runs_plane_rows(w, g: _validate.Geometry, groups: int) -> bool:
     prepared copy's row bands stream through memory better."""
     return (PLANE_ROWS and g.stride_h == 1 and g.stride_w == 1 and g.c == groups
             and _blocked.plane_rows_native()
-            and (g.h * g.w * w.dtype.itemsize <= PLANE_BAND_BYTES or g.n * groups == 1)
-            and (not (g.pad_top or g.pad_bottom or g.pad_left or g.pad_right)
-                 or bool(np.isfinite(w).all())))
+            and (g.h * g.w * w.dtype.itemsize <= PLANE_ROWS_MAX_BYTES or g.n * groups == 1)
+            and (not (g.pad_top or g.pad_bottom) or bool(np.isfinite(w).all())))
 
 
 def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> None:

@@ -287,13 +287,19 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w
     if n * c < 3:   # each of 3 threads gets a band, unless the bands would be too short
         assert bands[3] >= min(-(-3 // (n * c)), g.out_h // conv_module.PLANE_BAND_MIN_ROWS)
     want = reference.conv2d(x, wt, b, groups=c, activation="relu", **kw)
-    band_args = []
+    band_args, ran = [], set()
     for name, band_arg in (("conv2d_planes", -4), ("conv2d_plane_rows", -3)):
-        def spy(*a, _real=getattr(blocked, name), _at=band_arg):
+        def spy(*a, _real=getattr(blocked, name), _at=band_arg, _name=name):
             band_args.append(a[_at])   # band_rows
+            ran.add(_name)
             return _real(*a)
 
         monkeypatch.setattr(blocked, name, spy)
+    expected = ("conv2d_plane_rows" if conv_module._runs_plane_rows(wt, g, c)
+                else "conv2d_planes")
+    assert (expected == "conv2d_plane_rows") == (plane_rows and blocked.plane_rows_native()
+                                                 and (n * c == 1 or h * w * x.itemsize
+                                                      <= conv_module.PLANE_ROWS_MAX_BYTES))
     for threads in (1, 2, 3):
         got = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=threads,
                               activation="relu", **kw)
@@ -304,6 +310,7 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w
                                   algorithm="direct", num_threads=threads, activation="relu",
                                   **kw)
             np.testing.assert_array_equal(got, to_nhwc(whole))
+    assert ran == {expected}
     if band_bytes == 1:
         assert min(band_args) < g.out_h   # the kernel really ran in bands
 
@@ -318,27 +325,41 @@ ROWS_CASES = [   # (n, c, h, w, kernel, conv2d keywords)
     (1, 1, 3, 5, (3, 3), dict(padding=4)),                  # padding wider than the kernel
     (1, 1, 3, 9, (3, 3), dict(padding=(0, 1))),              # one output row
     (3, 4, 11, 15, (7, 7), dict(padding="same")),
+    (1, 2, 13, 20, (3, 3), dict(padding=(3, 1), dilation=(3, 1))),   # rows feeding no output
+    (2, 1, 12, 40, (3, 3), dict(padding=2, dilation=(2, 3))),
+    (1, 1, 4, 6, (3, 3), dict(padding=(1, 17))),            # whole vectors in the padding
+    (2, 3, 5, 5, (5, 5), {}),                                # kernel == input
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, c, h, w, kernel, kw", ROWS_CASES)
-@pytest.mark.parametrize("bias, activation", [(False, None), (True, "relu")])
+@pytest.mark.parametrize("bias, activation", [(False, None), (False, "relu"), (True, "relu")])
+@pytest.mark.parametrize("planted", [False, True], ids=["finite", "nan-inf"])
 def test_plane_rows_kernel_matches_the_prepared_one(monkeypatch, dtype, n, c, h, w, kernel, kw,
-                                                    bias, activation):
+                                                    bias, activation, planted):
     """conv2d_plane_rows (stride 1, read in place, masked loads at the row ends) against the
     prepared one-channel kernel, bit for bit (the same sums in the same order: padding taps
-    add zeros there and are skipped or masked here), and against the reference; NaN and inf
-    in x, several threads, and the single-channel NHWC image that is the same memory."""
+    add zeros there and are skipped or masked here), and against the reference; finite
+    inputs, and a NaN and an inf planted in x; several threads; the single-channel NHWC image
+    that is the same memory. Spies check which kernel ran."""
     if not blocked.plane_rows_native():
         pytest.skip("this level runs the prepared one-channel kernel only")
     x, wt, b = problem("NCHW", dtype, n, c, h, w, c, kernel, groups=c, seed=h * w)
-    x.flat[::7] = np.nan
-    x.flat[3::11] = np.inf
+    if planted:
+        x[0, 0, h // 2, w // 3] = np.nan
+        x[-1, -1, h - 1, w - 1] = np.inf
     b = b if bias else None
     args = _validate.conv_args(x, wt, b, 1, kw.get("padding", 0), kw.get("dilation", 1), c,
                                "NCHW", activation, "test")
     assert conv_module._runs_plane_rows(wt, args.geometry, c)
+    ran = []
+    for name in ("conv2d_planes", "conv2d_plane_rows"):
+        def spy(*a, _real=getattr(blocked, name), _name=name):
+            ran.append(_name)
+            return _real(*a)
+
+        monkeypatch.setattr(blocked, name, spy)
     results = {}
     for plane_rows in (False, True):
         monkeypatch.setattr(conv_module, "PLANE_ROWS", plane_rows)
@@ -346,14 +367,17 @@ def test_plane_rows_kernel_matches_the_prepared_one(monkeypatch, dtype, n, c, h,
             results[plane_rows, threads] = fastconv.conv2d(
                 x, wt, b, groups=c, activation=activation, algorithm="direct",
                 num_threads=threads, **kw)
+    assert ran == ["conv2d_planes"] * 2 + ["conv2d_plane_rows"] * 2
     want = reference.conv2d(x, wt, b, groups=c, activation=activation, **kw)
     assert_close(results[True, 1], want, dtype, kernel[0] * kernel[1])
+    assert np.isfinite(want).all() != planted   # the finite pass compares finite bits
     for got in results.values():
         np.testing.assert_array_equal(got, results[False, 1])
     if c == 1:
         got = fastconv.conv2d(to_nhwc(x), oihw_to_hwio(wt), b, layout="NHWC",
                               activation=activation, algorithm="direct", **kw)
         np.testing.assert_array_equal(got, to_nhwc(results[False, 1]))
+        assert ran[-1] == "conv2d_plane_rows"
 
 
 def test_plane_rows_rule():
@@ -372,19 +396,26 @@ def test_plane_rows_rule():
     assert not runs_rows(2, 8, 30, 30, stride=2, padding=1)      # stride 2
     inf = np.ones((8, 1, 3, 3), np.float32)
     inf[3, 0, 1, 1] = np.inf
-    assert not runs_rows(2, 8, 30, 30, weight=inf, padding=1)   # must meet padding zeros
+    assert not runs_rows(2, 8, 30, 30, weight=inf, padding=1)   # must meet padding rows
+    assert not runs_rows(2, 8, 30, 30, weight=inf, padding=(1, 0))
+    assert runs_rows(2, 8, 30, 30, weight=inf, padding=(0, 1)) == native   # columns: zeros
     assert runs_rows(2, 8, 30, 30, weight=inf) == native         # no padding to meet
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_plane_rows_inf_weight_meets_padding_zeros(dtype):
-    """An inf weight with padding runs the prepared kernel, so that the padding zeros it
-    meets give NaN at the border, as in PyTorch and the reference."""
+@pytest.mark.parametrize("padding, nan_at", [
+    (1, (slice(None), 1, 0, slice(None))),                # the top padding row
+    ((0, 1), (slice(None), 1, slice(None), 0)),           # the left padding column
+])
+def test_plane_rows_inf_weight_meets_padding_zeros(dtype, padding, nan_at):
+    """An inf weight meets the padding zeros and gives NaN there, as in PyTorch and the
+    reference: with row padding through the prepared kernel, with column padding only
+    through the in-place one (its masked lanes are real zeros)."""
     x, wt, b = problem("NCHW", dtype, 2, 4, 9, 21, 4, (3, 3), groups=4)
     wt[1, 0, 0, 0] = np.inf
-    got = fastconv.conv2d(x, wt, b, padding=1, groups=4, algorithm="direct")
-    want = reference.conv2d(x, wt, b, padding=1, groups=4)
-    assert np.isnan(want[:, 1, 0, :]).all()
+    got = fastconv.conv2d(x, wt, b, padding=padding, groups=4, algorithm="direct")
+    want = reference.conv2d(x, wt, b, padding=padding, groups=4)
+    assert np.isnan(want[nan_at]).all()
     assert_close(got, want, dtype, 9)
 
 

@@ -98,7 +98,7 @@ static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const
             if (relu) v[r] = _mm512_maskz_mov_ps(
                 (__mmask16)~_mm512_cmp_ps_mask(v[r], zero, _CMP_LE_OQ), v[r]);
         }
-        for (j = 0; j < 4; j++) {
+        FC_UNROLL for (j = 0; j < 4; j++) {   /* unrolled: the j tests below are constant */
             /* Channels 0-3 (lo) and 4-7 (hi) of pixel 4 * lane + j, lane by lane. */
             __m512 t0 = j < 2 ? _mm512_unpacklo_ps(v[0], v[1]) : _mm512_unpackhi_ps(v[0], v[1]);
             __m512 t1 = j < 2 ? _mm512_unpacklo_ps(v[2], v[3]) : _mm512_unpackhi_ps(v[2], v[3]);
@@ -137,7 +137,7 @@ static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const
             v[r] = _mm256_add_ps(_mm256_loadu_ps(tile + r * NR + i), b[r]);
             if (relu) v[r] = _mm256_and_ps(v[r], _mm256_cmp_ps(v[r], zero, _CMP_NLE_UQ));
         }
-        for (j = 0; j < 4; j++) {
+        FC_UNROLL for (j = 0; j < 4; j++) {   /* unrolled: the j tests below are constant */
             /* The 4 channels of pixel 4 * lane + j, lane by lane. */
             __m256 t0 = j < 2 ? _mm256_unpacklo_ps(v[0], v[1]) : _mm256_unpackhi_ps(v[0], v[1]);
             __m256 t1 = j < 2 ? _mm256_unpacklo_ps(v[2], v[3]) : _mm256_unpackhi_ps(v[2], v[3]);
@@ -173,15 +173,17 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
 
 /* The tile of the pix kernel into an NHWC result: n pixels (tile columns, NR apart per
  * row) x rows output channels, pixel i at dst + i * ds, its channels adjacent (so each pixel's
- * stores are contiguous); bias: one per row, or NULL. Then ReLU. Whole vectors of pixels go
- * through fc_channels_last_vec, the rest one value at a time. */
+ * stores are contiguous); bias: one per row, or NULL. Then ReLU. A tile of FC_PIX_ROWS rows
+ * (full_tile; fc_channels_last_vec reads all of them) sends whole vectors of pixels through
+ * fc_channels_last_vec, the rest goes one value at a time. */
 #define FC_DEFINE_STORE_CHANNELS_LAST(T, SUF)                                                  \
     static inline void fc_store_channels_last_##SUF(T *dst, ptrdiff_t ds, const T *tile,      \
                                                     ptrdiff_t NR, ptrdiff_t n,                 \
-                                                    ptrdiff_t rows, const T *bias, int relu) { \
+                                                    ptrdiff_t rows, const T *bias, int relu,   \
+                                                    int full_tile) {                           \
         ptrdiff_t i, r;                                                                        \
-        for (i = fc_channels_last_vec_##SUF(dst, ds, tile, NR, n, rows, bias, relu); i < n;    \
-             i++) {                                                                            \
+        i = full_tile ? fc_channels_last_vec_##SUF(dst, ds, tile, NR, n, rows, bias, relu) : 0; \
+        for (; i < n; i++) {                                                                   \
             T *d = dst + i * ds;                                                               \
             for (r = 0; r < rows; r++) {                                                       \
                 T v = tile[r * NR + i] + (bias ? bias[r] : (T)0);                              \
@@ -337,7 +339,8 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
                     if (ops != 1) {                                                            \
                         fc_store_channels_last_##SUF(                                          \
                             out + cb * ROWS + (oh * OW + ow) * ops, ops, tile + (q - q0), NR,  \
-                            n, rows, bias ? bias + cb * ROWS : NULL, relu);                    \
+                            n, rows, bias ? bias + cb * ROWS : NULL, relu,                     \
+                            ROWS == FC_PIX_ROWS);                                              \
                         continue;                                                              \
                     }                                                                          \
                     for (r = 0; r < rows; r++) {                                               \

@@ -422,8 +422,9 @@ def conv2d_plane_rows(
     if N == 0 or C_out == 0 or OH == 0 or OW == 0:
         return
     # Reads stay inside x for any output size and padding (rows outside are skipped, lanes
-    # outside a row masked), so only the channel and weight shapes need checking.
+    # outside a row masked) once the kernel and dilation are positive.
     if (C != C_out or x.shape[0] != out.shape[0] or weight.shape[0] != C_out
+            or kernel_h < 1 or kernel_w < 1 or dilation_h < 1 or dilation_w < 1
             or weight.shape[1] != kernel_h * kernel_w or band_rows < 1
             or (bias.shape[0] != 0 and bias.shape[0] != C_out)):
         raise ValueError("conv2d_plane_rows: inconsistent shapes")

@@ -13,8 +13,9 @@
  * latency); at dilation 1 the output rows share their input rows, so each input vector is
  * loaded once for all the rows it feeds. Each output sums its taps in (kh, kw) order, as the
  * general kernel does; taps on rows outside the image are skipped and lanes outside a row
- * load zeros. The caller keeps this kernel away from non-finite weights when there is
- * padding (a skipped row would not turn an inf weight into NaN as a real zero does).
+ * load zeros. The caller keeps this kernel away from non-finite weights when there is row
+ * padding (a skipped row would not turn an inf weight into NaN as a real zero does; a
+ * masked lane, a real zero, does).
  *
  * Masked loads and stores exist with AVX2 and AVX-512 (FC_ROWS_NATIVE 1); the baseline
  * build has a lane-by-lane version of them so that the kernel still compiles and works
@@ -128,7 +129,7 @@ static inline int fc_plane_rows_native(void) { return FC_ROWS_NATIVE; }
                 for (t = 0; t < span; t++) {                                                   \
                     ptrdiff_t ih = oh - pt + t;                                                \
                     const T *xr, *wr[FC_ROWS_R];                                               \
-                    int feeds[FC_ROWS_R];                                                      \
+                    int feeds[FC_ROWS_R], any = 0;                                             \
                     if (ih < 0 || ih >= H) continue;                                           \
                     xr = x + ih * W;                                                           \
                     /* The tap row (if any) through which this input row feeds row r. */      \
@@ -136,7 +137,9 @@ static inline int fc_plane_rows_native(void) { return FC_ROWS_NATIVE; }
                         ptrdiff_t kh = t >= r ? (t - r) / dh : 0;                              \
                         feeds[r] = r < nr && t >= r && kh * dh == t - r && kh < KH;            \
                         wr[r] = w + kh * KW;                                                   \
+                        any |= feeds[r];                                                       \
                     }                                                                          \
+                    if (!any) continue;   /* between tap rows (dilation > 2) */               \
                     if (inside) {   /* plain loads, no lane bounds to work out */             \
                         const T *xc = xr + ow0 - pl;                                           \
                         for (kw = 0; kw < KW; kw++, xc += dw) {                                \
@@ -162,8 +165,9 @@ static inline int fc_plane_rows_native(void) { return FC_ROWS_NATIVE; }
                 }                                                                              \
                 /* Constant bounds, so that acc stays in registers. */                        \
                 FC_UNROLL for (r = 0; r < FC_ROWS_R; r++) {                                    \
-                    T *o = out + (oh + r) * OW + ow0;                                          \
+                    T *o;                                                                      \
                     if (r >= nr) break;                                                        \
+                    o = out + (oh + r) * OW + ow0;                                             \
                     FC_UNROLL for (j = 0; j < FC_ROWS_NV; j++) {                               \
                         fc_vec_##SUF v = acc[r][j] + bv;                                       \
                         ptrdiff_t n = OW - ow0 - j * V;                                        \
