@@ -77,6 +77,9 @@ PLANE_BAND_MIN_ROWS = 8
 PLANE_ROWS = True
 PLANE_ROWS_MAX_BYTES = 256 * 2**10
 
+# Large NHWC depthwise results are written by streaming stores (see _buffers.streaming).
+NHWC_DEPTHWISE_STREAM = True
+
 # Below this many output channels the direct NHWC path runs the NCHW kernel on transposed
 # copies (see _conv_direct).
 NHWC_DIRECT_MIN_CHANNELS = 8
@@ -653,7 +656,8 @@ def _conv_direct(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) -> 
             x, w.reshape(g.kernel_h * g.kernel_w, g.c), bias, out4, g.kernel_h, g.kernel_w,
             g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, g.pad_top, g.pad_left,
             args.activation == "relu",
-            _threads.for_work(n_threads, _macs(args), g.n * g.out_h))
+            _threads.for_work(n_threads, _macs(args), g.n * g.out_h),
+            NHWC_DEPTHWISE_STREAM and _buffers.streaming(out4.nbytes))
         return
     kernel = _conv.conv2d_direct_nchw if layout == "NCHW" else _conv.conv2d_direct_nhwc
     rows = g.n * g.out_h * (args.c_out if layout == "NCHW" else 1)

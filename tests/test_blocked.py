@@ -491,6 +491,55 @@ def test_nhwc_depthwise_sliding_runs(dtype, kernel, kw):
                 np.testing.assert_array_equal(got[0], got[1])
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, kw", [
+    ((3, 3), dict(padding=1)),                       # the sliding runs
+    ((5, 3), dict(stride=(2, 1), padding=2)),        # the per-column paths
+])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_nhwc_depthwise_streaming_stores_write_the_same_bits(monkeypatch, dtype, kernel, kw,
+                                                             offset):
+    """Large NHWC depthwise results go out by streaming stores (aligned vectors only; the
+    others and the channel tail by ordinary ones): forced at every size here, the results
+    equal the ordinary stores' bit for bit, with the result placed on and off the vector
+    alignment (out= a view one element into a buffer), channel counts around the blocks,
+    bias/ReLU, 1 and 2 threads."""
+    calls = []
+    real = blocked.conv2d_depthwise_nhwc
+
+    def spy(*a):
+        calls.append(a[-1])   # stream
+        return real(*a)
+
+    monkeypatch.setattr(blocked, "conv2d_depthwise_nhwc", spy)
+    monkeypatch.setattr(fastconv._buffers, "STREAM_MIN_BYTES", 0)
+    lanes = {"avx512": 64, "avx2": 32}.get(_isa.LEVEL, 16) // np.dtype(dtype).itemsize
+    for channels in sorted({8, 2 * lanes - 1, 2 * lanes, 4 * lanes + 3}):
+        x, w, b = problem("NHWC", dtype, 3, channels, 7, 13, channels, kernel, groups=channels)
+        x[0, 3, 4, 0] = np.nan
+        shape = fastconv.conv2d(x, w, groups=channels, layout="NHWC", **kw).shape
+        for bias, act in ((b, "relu"), (None, None)):
+            results = []
+            for stream in (False, True):
+                monkeypatch.setattr(conv_module, "NHWC_DEPTHWISE_STREAM", stream)
+                for threads in (1, 2):
+                    size = int(np.prod(shape))
+                    buf = np.full(size + 64, -7, dtype)
+                    start = (-buf.ctypes.data % 64) // buf.itemsize + offset   # 64-byte aligned
+                    out = buf[start:start + size].reshape(shape)
+                    fastconv.conv2d(x, w, bias, groups=channels, layout="NHWC", activation=act,
+                                    algorithm="direct", num_threads=threads, out=out, **kw)
+                    results.append(out.copy())
+                    outside = np.concatenate([buf[:start], buf[start + size:]])
+                    assert (outside == -7).all()   # nothing written outside the result
+            for got in results[1:]:
+                np.testing.assert_array_equal(got, results[0], err_msg=f"C={channels}")
+            want = reference.conv2d(x, w, bias, groups=channels, layout="NHWC",
+                                    activation=act, **kw)
+            assert_close(results[-1], want, dtype, kernel[0] * kernel[1])
+    assert True in calls and False in calls   # both ways really ran
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, h, w", [(1, 1, 1), (1, 3, 5), (3, 5, 7), (32, 2, 3)])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwise_nhwc_reads_x_in_place(dtype, n, h, w, groups):

@@ -48,11 +48,13 @@ cdef extern from "_blocked.h" nogil:
     void fc_dw_nhwc_row_f32(const float* x, const float* w, const float* bias, float* out,
                             Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                             Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
-                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu)
+                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu,
+                            int stream)
     void fc_dw_nhwc_row_f64(const double* x, const double* w, const double* bias, double* out,
                             Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                             Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
-                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu)
+                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu,
+                            int stream)
     void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
                           float* out, const float* bias, Py_ssize_t cog, Py_ssize_t OH,
@@ -63,6 +65,11 @@ cdef extern from "_blocked.h" nogil:
                           double* out, const double* bias, Py_ssize_t cog, Py_ssize_t OH,
                           Py_ssize_t OW, Py_ssize_t Ws, int relu, Py_ssize_t ocs,
                           Py_ssize_t ops)
+
+
+cdef extern from "_stream.h" nogil:
+    int fc_stream_ok()
+    void fc_stream_fence()
 
 
 cdef extern from "_plane_rows.h" nogil:
@@ -457,29 +464,41 @@ def conv2d_depthwise_nhwc(
     floating[:, :, :, ::1] out,            # OUT (N, OH, OW, C)
     Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
     Py_ssize_t dilation_h, Py_ssize_t dilation_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
-    bint relu, int n_threads,
+    bint relu, int n_threads, bint stream=False,
 ):
     """NHWC depthwise convolution, one work item per output row (n, oh); each pixel keeps a
     block of channels in registers over all taps. Taps on padding are skipped: the caller
-    pads x explicitly when the weight holds an inf or NaN."""
+    pads x explicitly when the weight is not finite. With ``stream`` (and a build that has
+    them) aligned result vectors are written by streaming stores, each thread taking one
+    contiguous share of the rows and fencing after its last (see _stream.h)."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
-    cdef Py_ssize_t r, n, oh
-    if N * OH == 0 or OW == 0 or C == 0:
+    cdef Py_ssize_t r, n, oh, t, r0, r1, rows = N * OH
+    if rows == 0 or OW == 0 or C == 0:
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0]
     cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating* op = &out[0, 0, 0, 0]
+    cdef bint streaming = stream and fc_stream_ok()
     with nogil:
-        for r in prange(N * OH, schedule="static", num_threads=n_threads):
-            n = r // OH
-            oh = r % OH
-            if floating is float:
-                fc_dw_nhwc_row_f32(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
-                                   kernel_h, kernel_w, OW, oh * stride_h - pad_top, stride_w,
-                                   dilation_h, dilation_w, pad_left, relu)
-            else:
-                fc_dw_nhwc_row_f64(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
-                                   kernel_h, kernel_w, OW, oh * stride_h - pad_top, stride_w,
-                                   dilation_h, dilation_w, pad_left, relu)
+        # Shares of rows // n_threads, the first rows % n_threads one longer: the rows that
+        # prange(rows, schedule="static") would give each thread.
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            r0 = (rows // n_threads) * t + (t if t < rows % n_threads else rows % n_threads)
+            r1 = r0 + rows // n_threads + (1 if t < rows % n_threads else 0)
+            for r in range(r0, r1):
+                n = r // OH
+                oh = r % OH
+                if floating is float:
+                    fc_dw_nhwc_row_f32(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
+                                       kernel_h, kernel_w, OW, oh * stride_h - pad_top,
+                                       stride_w, dilation_h, dilation_w, pad_left, relu,
+                                       streaming)
+                else:
+                    fc_dw_nhwc_row_f64(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
+                                       kernel_h, kernel_w, OW, oh * stride_h - pad_top,
+                                       stride_w, dilation_h, dilation_w, pad_left, relu,
+                                       streaming)
+            if streaming:
+                fc_stream_fence()   # after the thread's last streaming store
