@@ -14,6 +14,7 @@ micro-kernels need. NCHW images are prepared as (phase, C, Hs, Ws), NHWC as (pha
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from fastconv._kernels._ranges cimport share_start
 from libc.string cimport memcpy, memset
 
 
@@ -421,8 +422,9 @@ def conv2d_plane_rows(
     """Stride-1 convolution with one input and one output channel per group, read straight
     from x (see ``_plane_rows.h``): no prepared copy, no scratch. A work item is a band of
     ``band_rows`` output rows of one plane (a whole plane when ``band_rows >= OH``). Taps on
-    padding contribute zeros (rows outside x are skipped): the caller sends non-finite
-    weights with padding to :func:`conv2d_planes`, whose padding zeros are real."""
+    padding contribute zeros (rows outside x are skipped, columns outside loaded as zeros):
+    the caller sends non-finite weights with row padding to :func:`conv2d_planes`, whose
+    padding zeros are real."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t C_out = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t K = kernel_h * kernel_w, n_bands, item, plane, oh0, oh1
@@ -482,11 +484,9 @@ def conv2d_depthwise_nhwc(
     cdef floating* op = &out[0, 0, 0, 0]
     cdef bint streaming = stream and fc_stream_ok()
     with nogil:
-        # Shares of rows // n_threads, the first rows % n_threads one longer: the rows that
-        # prange(rows, schedule="static") would give each thread.
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
-            r0 = (rows // n_threads) * t + (t if t < rows % n_threads else rows % n_threads)
-            r1 = r0 + rows // n_threads + (1 if t < rows % n_threads else 0)
+            r0 = share_start(rows, n_threads, t)
+            r1 = share_start(rows, n_threads, t + 1)
             for r in range(r0, r1):
                 n = r // OH
                 oh = r % OH

@@ -23,3 +23,10 @@ cdef inline Py_ssize_t source_index(Py_ssize_t i, Py_ssize_t k, Py_ssize_t strid
     if t < 0 or t % stride != 0 or t // stride >= n_out:
         return -1
     return t // stride
+
+
+cdef inline Py_ssize_t share_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t t) noexcept nogil:
+    """Where share t of n items split into ``parts`` contiguous shares starts (share t is
+    [share_start(t), share_start(t + 1))): n // parts each, the first n % parts one longer,
+    as prange(n, schedule="static") deals them out."""
+    return (n // parts) * t + (t if t < n % parts else n % parts)

@@ -2,6 +2,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
+from fastconv._kernels._ranges cimport share_start
 
 
 cdef extern from "_stream.h" nogil:
@@ -35,9 +36,8 @@ def relu(
     if stream and fc_stream_ok():
         with nogil:
             for t in prange(n_threads, schedule="static", num_threads=n_threads):
-                # Shares of n // n_threads, the first n % n_threads one longer.
-                i0 = (n // n_threads) * t + (t if t < n % n_threads else n % n_threads)
-                i1 = i0 + n // n_threads + (1 if t < n % n_threads else 0)
+                i0 = share_start(n, n_threads, t)
+                i1 = share_start(n, n_threads, t + 1)
                 if floating is float:
                     fc_relu_stream_f32(op + i0, xp + i0, i1 - i0)
                 else:
