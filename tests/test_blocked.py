@@ -491,6 +491,46 @@ def test_nhwc_depthwise_sliding_runs(dtype, kernel, kw):
                 np.testing.assert_array_equal(got[0], got[1])
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding", [1, 0, ((2, 0), (1, 1)), ((0, 3), (0, 2))])
+def test_nhwc_depthwise_row_pairs_give_the_same_bits(dtype, padding):
+    """3x3 stride-1 NHWC depthwise rows whose four input rows are all inside the image go two
+    at a time (fc_dw_nhwc_pair: runs of columns x one channel vector for both rows, then the
+    one-row per-column path for what is left): the results equal the one-row path bit for
+    bit and the reference, over heights that give pairs starting on even and odd rows and a
+    lone last row, widths whose interior ends before, at and after a run, channel counts
+    around the vector, bias/ReLU, NaN and inf in x, streaming stores, 1-3 threads (the
+    thread shares split pairs)."""
+    lanes = {"avx512": 64, "avx2": 32}.get(_isa.LEVEL, 16) // np.dtype(dtype).itemsize
+    (pt, pb), (pl, pr) = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+    ran_pairs = 0
+    for channels, height, width in [(lanes, 5, 7), (lanes + 1, 8, 6), (2 * lanes - 1, 9, 9),
+                                    (3 * lanes + 5, 6, 12), (8, 7, 5), (lanes, 4, 3)]:
+        x, w, b = problem("NHWC", dtype, 3, channels, height, width, channels, (3, 3),
+                          groups=channels, seed=channels + height)
+        x[1, 2, 1, 0] = np.nan
+        x[2, height - 1, width - 1, channels - 1] = np.inf
+        w2 = np.ascontiguousarray(w.reshape(9, channels))
+        oh, ow = height + pt + pb - 2, width + pl + pr - 2
+        ran_pairs += any(0 <= r - pt and r - pt + 3 < height for r in range(oh - 1))
+        for bias, relu in ((b, True), (np.empty(0, dtype), False)):
+            results = []
+            for pairs in (False, True):
+                for threads, stream in ((1, False), (2, True), (3, False)):
+                    out = np.full((3, oh, ow, channels), -7, dtype)
+                    blocked.conv2d_depthwise_nhwc(x, w2, bias, out, 3, 3, 1, 1, 1, 1, pt, pl,
+                                                  relu, threads, stream, pairs)
+                    results.append(out)
+            for got in results[1:]:
+                np.testing.assert_array_equal(got, results[0],
+                                              err_msg=f"C={channels} {height}x{width}")
+            want = reference.conv2d(x, w, bias if bias.size else None, groups=channels,
+                                    padding=((pt, pb), (pl, pr)), layout="NHWC",
+                                    activation="relu" if relu else None)
+            assert_close(results[-1], want, dtype, 9, err_msg=f"C={channels} {height}x{width}")
+    assert ran_pairs   # some row pairs were really there to take
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel, kw", [
     ((3, 3), dict(padding=1)),                       # the sliding runs
     ((5, 3), dict(stride=(2, 1), padding=2)),        # the per-column paths

@@ -56,6 +56,15 @@ cdef extern from "_blocked.h" nogil:
                             Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
                             Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pl, int relu,
                             int stream)
+    int fc_dw_nhwc_pair_ok(Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ih0, Py_ssize_t H)
+    void fc_dw_nhwc_pair_f32(const float* x, const float* w, const float* bias, float* out,
+                             Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW,
+                             Py_ssize_t ih0, Py_ssize_t pl, int relu, int stream)
+    void fc_dw_nhwc_pair_f64(const double* x, const double* w, const double* bias,
+                             double* out, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t pl, int relu,
+                             int stream)
     void fc_ch_blocks_f32(const float* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
                           float* out, const float* bias, Py_ssize_t cog, Py_ssize_t OH,
@@ -466,16 +475,19 @@ def conv2d_depthwise_nhwc(
     floating[:, :, :, ::1] out,            # OUT (N, OH, OW, C)
     Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
     Py_ssize_t dilation_h, Py_ssize_t dilation_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
-    bint relu, int n_threads, bint stream=False,
+    bint relu, int n_threads, bint stream=False, bint pairs=True,
 ):
     """NHWC depthwise convolution, one work item per output row (n, oh); each pixel keeps a
-    block of channels in registers over all taps. Taps on padding are skipped: the caller
-    pads x explicitly when the weight is not finite. With ``stream`` (and a build that has
-    them) aligned result vectors are written by streaming stores, each thread taking one
-    contiguous share of the rows and fencing after its last (see _stream.h)."""
+    block of channels in registers over all taps. With ``pairs``, two rows at a time where
+    the kernel is 3x3 with stride and dilation 1 and their input rows lie inside the image
+    (fc_dw_nhwc_pair: the same bits; ``pairs=False`` is there for the tests to show it).
+    Taps on padding are skipped: the caller pads x explicitly when the weight is not finite.
+    With ``stream`` (and a build that has them) aligned result vectors are written by
+    streaming stores, each thread taking one contiguous share of the rows and fencing after
+    its last (see _stream.h)."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
-    cdef Py_ssize_t r, n, oh, t, r0, r1, rows = N * OH
+    cdef Py_ssize_t r, n, oh, ih0, t, r0, r1, rows = N * OH
     if rows == 0 or OW == 0 or C == 0:
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
@@ -487,18 +499,29 @@ def conv2d_depthwise_nhwc(
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             r0 = share_start(rows, n_threads, t)
             r1 = share_start(rows, n_threads, t + 1)
-            for r in range(r0, r1):
+            r = r0
+            while r < r1:
                 n = r // OH
                 oh = r % OH
+                ih0 = oh * stride_h - pad_top
+                if pairs and r + 1 < r1 and oh + 1 < OH and fc_dw_nhwc_pair_ok(
+                        kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, ih0, H):
+                    if floating is float:
+                        fc_dw_nhwc_pair_f32(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H,
+                                            W, OW, ih0, pad_left, relu, streaming)
+                    else:
+                        fc_dw_nhwc_pair_f64(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H,
+                                            W, OW, ih0, pad_left, relu, streaming)
+                    r = r + 2
+                    continue
                 if floating is float:
                     fc_dw_nhwc_row_f32(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
-                                       kernel_h, kernel_w, OW, oh * stride_h - pad_top,
-                                       stride_w, dilation_h, dilation_w, pad_left, relu,
-                                       streaming)
+                                       kernel_h, kernel_w, OW, ih0, stride_w, dilation_h,
+                                       dilation_w, pad_left, relu, streaming)
                 else:
                     fc_dw_nhwc_row_f64(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
-                                       kernel_h, kernel_w, OW, oh * stride_h - pad_top,
-                                       stride_w, dilation_h, dilation_w, pad_left, relu,
-                                       streaming)
+                                       kernel_h, kernel_w, OW, ih0, stride_w, dilation_h,
+                                       dilation_w, pad_left, relu, streaming)
+                r = r + 1
             if streaming:
                 fc_stream_fence()   # after the thread's last streaming store
