@@ -121,11 +121,14 @@ TIMING_ROUNDS = 3
 SETTLE_PROBE_SECONDS = 0.01
 SETTLE_MAX_SECONDS = 1.0
 # Then, untimed, a short call is repeated for up to WARMUP_SECONDS (at most half of the
-# block's share of --min-time): after a GEMM on NumPy's BLAS the kernels' OpenMP worker woke
-# on the main thread's core for its next 50-100 ms of calls, even after a second of sleep
-# (/proc/self/task: 22-29 of 30 samples on that core, none before), and a 2-thread call on
-# a 512x512 image took 1.2-1.8x as long; 50-100 ms of calls restored it (0.73-1.25).
+# block's share of --min-time), or for BLAS_WARMUP_SECONDS when NumPy's BLAS ran just before
+# (the case's reference, im2col): after a GEMM the kernels' OpenMP worker woke on the main
+# thread's core for its next 100-200 ms of calls, even after a second of sleep
+# (/proc/self/task: 22-29 of 30 samples on that core, none before), and a 2-thread call on a
+# 512x512 image took 1.2-2x as long (0.15-0.19 against 0.08-0.10 ms, in 25-100 ms windows
+# after `A @ A`); calls restored it, time alone did not.
 WARMUP_SECONDS = 0.05
+BLAS_WARMUP_SECONDS = 0.2
 # The reference: the checked call is timed too, then more while under --min-time, at most this.
 REF_MAX_CALLS = 3
 # Without timing the reference (--no-reference, or a later malloc condition), checks run on
@@ -725,6 +728,7 @@ class Impl:
     expect: str = "ref"           # which reference result it must match
     missing: str = ""
     algorithm: Optional[str] = None
+    uses_blas: bool = False       # runs GEMMs on NumPy's BLAS (see BLAS_WARMUP_SECONDS)
 
 
 @dataclass
@@ -735,6 +739,7 @@ class Calls:
     impls: List[Impl]
     reductions: Dict[str, Tuple[int, ...]]
     time_reference: bool = True   # time refs["ref"] as the "reference" implementation
+    refs_use_blas: bool = False   # the references run GEMMs on NumPy's BLAS
 
 
 @dataclass
@@ -845,10 +850,11 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
         if section == "conv":
             impls = []
             for algo in plan.algorithms:
+                chosen = _auto_algorithm(x, w, layer, layout) if algo == "auto" else algo
                 impls.append(Impl(
                     f"fastconv-{algo}",
                     lambda a=algo: fastconv.conv2d(x, w, None, *geo, layout=layout, algorithm=a),
-                    algorithm=_auto_algorithm(x, w, layer, layout) if algo == "auto" else algo))
+                    algorithm=chosen, uses_blas=chosen != "direct"))
 
             def torch_conv(torch):
                 F = torch.nn.functional
@@ -857,7 +863,7 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
 
             impls.append(_torch_impl(torch_info, torch_conv))
             return Calls({"ref": lambda: reference.conv2d(x, w, None, *geo, layout=layout)},
-                         impls, {"ref": (red,)})
+                         impls, {"ref": (red,)}, refs_use_blas=True)
         if section == "fused":
             relu = fastconv.relu
 
@@ -865,12 +871,14 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
                 y = fastconv.conv2d(x, w, b, *geo, layout=layout)
                 return relu(y, out=y)
 
+            blas = _auto_algorithm(x, w, layer, layout) != "direct"
             impls = [
                 Impl("fastconv-alone", lambda: fastconv.conv2d(x, w, b, *geo, layout=layout),
-                     expect="plain"),
+                     expect="plain", uses_blas=blas),
                 Impl("fastconv-fused", lambda: fastconv.conv2d(x, w, b, *geo, layout=layout,
-                                                               activation="relu")),
-                Impl("fastconv-unfused", unfused),
+                                                               activation="relu"),
+                     uses_blas=blas),
+                Impl("fastconv-unfused", unfused, uses_blas=blas),
             ]
 
             def torch_fused(torch):
@@ -883,7 +891,8 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
             return Calls(
                 {"ref": lambda: reference.conv2d(x, w, b, *geo, layout=layout, activation="relu"),
                  "plain": lambda: reference.conv2d(x, w, b, *geo, layout=layout)},
-                impls, {"ref": (red,), "plain": (red,)}, time_reference=False)
+                impls, {"ref": (red,), "plain": (red,)}, time_reference=False,
+                refs_use_blas=True)
         # conv_backward
         gy = _grad(layer.output_shape(n, layout), dtype)
         oh, ow = layer.out_hw()
@@ -891,7 +900,8 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
         impls = [Impl(f"fastconv-{algo}",
                       lambda a=algo: fastconv.conv2d_backward(gy, x, w, *geo, layout=layout,
                                                               algorithm=a),
-                      algorithm=None if algo == "auto" else algo)
+                      algorithm=None if algo == "auto" else algo,
+                      uses_blas=algo != "direct")   # "auto" may choose im2col
                  for algo in plan.algorithms]
 
         def torch_backward(torch):
@@ -911,7 +921,7 @@ def conv_case(section: str, layer: _suite.Layer, layout: str, dtype: str, batch:
 
         impls.append(_torch_impl(torch_info, torch_backward))
         return Calls({"ref": lambda: reference.conv2d_backward(gy, x, w, *geo, layout=layout)},
-                     impls, {"ref": reds})
+                     impls, {"ref": reds}, refs_use_blas=True)
 
     return CaseSpec(section, layer.name, layer.describe(), layout, dtype, batch, flops, None,
                     build)
@@ -1142,11 +1152,13 @@ def settle(max_seconds: float = SETTLE_MAX_SECONDS) -> bool:
             return False
 
 
-def warm_up(fn: Callable[[], Any], call_seconds: float, share: float) -> None:
+def warm_up(fn: Callable[[], Any], call_seconds: float, share: float,
+            after_blas: bool = False) -> None:
     """Untimed calls of ``fn`` for min(WARMUP_SECONDS, share / 2) seconds, before a timed block
-    whose share of --min-time is ``share`` (see WARMUP_SECONDS); none when a call
-    (``call_seconds``: the shortest seen so far) takes that long."""
-    seconds = min(WARMUP_SECONDS, share / 2)
+    whose share of --min-time is ``share``, or for BLAS_WARMUP_SECONDS ``after_blas`` (see
+    WARMUP_SECONDS); none when a call (``call_seconds``: the shortest seen so far) takes that
+    long."""
+    seconds = BLAS_WARMUP_SECONDS if after_blas else min(WARMUP_SECONDS, share / 2)
     if call_seconds >= seconds:
         return
     end = time.perf_counter() + seconds
@@ -1221,11 +1233,13 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
     # block starts once the threads of the one before are idle (see settle), after a few
     # untimed calls (see WARMUP_SECONDS).
     share = plan.min_time / TIMING_ROUNDS
+    after_blas = calls.refs_use_blas or any(impl.uses_blas for impl, _ in timed)
     for _ in range(TIMING_ROUNDS):
         for impl, m in list(timed):
             settle()
             try:
-                warm_up(impl.fn, min([call_seconds[impl.name]] + m.times), share)
+                warm_up(impl.fn, min([call_seconds[impl.name]] + m.times), share, after_blas)
+                after_blas = impl.uses_blas
                 m.times += time_calls(
                     impl.fn, -(-plan.repeats // TIMING_ROUNDS), share,
                     MAX_CALLS // TIMING_ROUNDS,

@@ -465,6 +465,61 @@ def test_each_timed_block_follows_untimed_warmup_calls(monkeypatch):
     assert all(run > 50 for run in fast_runs)                         # warm-up, then timed
 
 
+@pytest.mark.parametrize("refs_use_blas", [False, True])
+@pytest.mark.parametrize("second_uses_blas", [False, True])
+def test_blocks_after_numpy_blas_warm_up_longer(monkeypatch, refs_use_blas, second_uses_blas):
+    """A block that follows a GEMM on NumPy's BLAS (an im2col implementation's block, or,
+    for the first block, the references or any implementation's checked call when they use
+    it) warms up for BLAS_WARMUP_SECONDS, the others for WARMUP_SECONDS. On a simulated
+    clock, 1 ms calls: "plain" does not use BLAS, "second" does or not."""
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+        def process_time(self):
+            return 0.0
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    clock = Clock()
+    monkeypatch.setattr(_bench, "time", clock)
+    log = []
+    result = np.ones(3, dtype=np.float32)
+
+    def impl(name, uses_blas):
+        def call():
+            clock.now += 0.001
+            log.append(name)
+            return result
+        return _bench.Impl(name, call, uses_blas=uses_blas)
+
+    calls = _bench.Calls({"ref": lambda: result}, [impl("plain", False), impl("second", second_uses_blas)],
+                         {"ref": (1,)}, time_reference=False, refs_use_blas=refs_use_blas)
+    spec = _bench.CaseSpec("conv", "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
+    plan = _bench.make_plan(parse("--repeats", "3", "--min-time", "0.3"), 1)
+    case = _bench.run_case(spec, plan, "default")
+    runs = []
+    for name in log[2:]:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    assert [name for name, _ in runs] == ["plain", "second"] * _bench.TIMING_ROUNDS
+    timed = {m.impl: len(m.times) for m in case.measurements}
+    per_block = {name: timed[name] / _bench.TIMING_ROUNDS for name in timed}
+    warm = [count - per_block[name] for name, count in runs]
+    short, long = _bench.WARMUP_SECONDS * 1000, _bench.BLAS_WARMUP_SECONDS * 1000
+    assert long >= 3 * short
+    # "plain" follows the checks first, then "second"; "second" always follows "plain".
+    after_second = long if second_uses_blas else short
+    first = long if refs_use_blas or second_uses_blas else short
+    want = [first, short] + [after_second, short] * (_bench.TIMING_ROUNDS - 1)
+    assert warm == pytest.approx(want, abs=2)
+
+
 def test_settle_waits_for_busy_threads(monkeypatch):
     """settle() returns at once on an idle process, waits while the process's threads burn
     CPU time during its probes (as NumPy's BLAS threads do after a GEMM), and gives up after
