@@ -329,6 +329,9 @@ ROWS_CASES = [   # (n, c, h, w, kernel, conv2d keywords)
     (2, 1, 12, 40, (3, 3), dict(padding=2, dilation=(2, 3))),
     (1, 1, 4, 6, (3, 3), dict(padding=(1, 17))),            # whole vectors in the padding
     (2, 3, 5, 5, (5, 5), {}),                                # kernel == input
+    # The geometries compiled with constant sizes (3x3 'same' over several blocks, 5x5 'same')
+    (1, 1, 6, 150, (3, 3), dict(padding=1)),
+    (2, 2, 9, 40, (5, 5), dict(padding=2)),
 ]
 
 

@@ -109,12 +109,20 @@ static inline int fc_plane_rows_native(void) { return FC_ROWS_NATIVE; }
 
 /* Output rows [oh0, oh1) of one plane. x: the input plane (H x W); w: KH x KW taps; out: the
  * output plane (OW wide). Input row oh - pt + t feeds output row oh + r through tap row
- * kh = (t - r) / dh when that divides evenly and 0 <= kh < KH. */
+ * kh = (t - r) / dh when that divides evenly and 0 <= kh < KH.
+ *
+ * The body is inlined into fc_plane_rows once per common geometry (3x3 with padding 1 or 0,
+ * 5x5 with 2, 7x7 with 3, any 3x3; dilation 1) with the sizes as constants, so that the
+ * compiler unrolls the tap loops and works out which input rows feed which output row and
+ * which lanes each load keeps at compile time. With everything known only at run time, a 3x3
+ * depthwise plane set (128 x 56x56, one thread, standalone C loop) took 0.203 ms, with the
+ * kernel size constant 0.173, with the padding constant too 0.143-0.159; one 512x512 image
+ * 0.087, 0.065, 0.061 ms. Same code, so the same bits. */
 #define FC_DEFINE_PLANE_ROWS(T, SUF)                                                           \
-    static void fc_plane_rows_##SUF(const T *x, ptrdiff_t H, ptrdiff_t W, const T *w,         \
-                                    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t dh, ptrdiff_t dw,    \
-                                    ptrdiff_t pt, ptrdiff_t pl, T *out, ptrdiff_t OW,          \
-                                    ptrdiff_t oh0, ptrdiff_t oh1, T bias, int relu) {          \
+    static inline __attribute__((always_inline)) void fc_plane_rows_body_##SUF(               \
+        const T *x, ptrdiff_t H, ptrdiff_t W, const T *w, ptrdiff_t KH, ptrdiff_t KW,          \
+        ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt, ptrdiff_t pl, T *out, ptrdiff_t OW,          \
+        ptrdiff_t oh0, ptrdiff_t oh1, T bias, int relu) {                                      \
         const ptrdiff_t V = FC_VLEN(T), span = FC_ROWS_R + (KH - 1) * dh;                      \
         const fc_vec_##SUF zero = FC_ZERO(SUF), bv = FC_SPLAT(SUF, bias);                      \
         ptrdiff_t oh, ow0, t, kw, r, j;                                                        \
@@ -179,6 +187,30 @@ static inline int fc_plane_rows_native(void) { return FC_ROWS_NATIVE; }
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
+    }                                                                                          \
+    static void fc_plane_rows_##SUF(const T *x, ptrdiff_t H, ptrdiff_t W, const T *w,         \
+                                    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t dh, ptrdiff_t dw,    \
+                                    ptrdiff_t pt, ptrdiff_t pl, T *out, ptrdiff_t OW,          \
+                                    ptrdiff_t oh0, ptrdiff_t oh1, T bias, int relu) {          \
+        if (dh == 1 && dw == 1 && KH == KW) {                                                  \
+            FC_ROWS_CASE(SUF, 3, 1)   /* 'same' */                                            \
+            FC_ROWS_CASE(SUF, 3, 0)   /* 'valid' */                                           \
+            FC_ROWS_CASE(SUF, 5, 2)                                                            \
+            FC_ROWS_CASE(SUF, 7, 3)                                                            \
+            if (KH == 3) {                                                                     \
+                fc_plane_rows_body_##SUF(x, H, W, w, 3, 3, 1, 1, pt, pl, out, OW, oh0, oh1,    \
+                                         bias, relu);                                          \
+                return;                                                                        \
+            }                                                                                  \
+        }                                                                                      \
+        fc_plane_rows_body_##SUF(x, H, W, w, KH, KW, dh, dw, pt, pl, out, OW, oh0, oh1, bias,  \
+                                 relu);                                                        \
+    }
+/* The body for a K x K kernel with padding P at the top and left, as constants. */
+#define FC_ROWS_CASE(SUF, K, P)                                                                \
+    if (KH == (K) && pt == (P) && pl == (P)) {                                                 \
+        fc_plane_rows_body_##SUF(x, H, W, w, K, K, 1, 1, P, P, out, OW, oh0, oh1, bias, relu); \
+        return;                                                                                \
     }
 FC_DEFINE_PLANE_ROWS(float, f32)
 FC_DEFINE_PLANE_ROWS(double, f64)
