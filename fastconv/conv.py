@@ -73,9 +73,11 @@ PLANE_BAND_BYTES = 256 * 2**10
 PLANE_BAND_MIN_ROWS = 8
 # Stride-1 one-channel calls read x in place (conv2d_plane_rows) where the level has masked
 # loads; False sends them through the prepared copy too (tests compare the two). Planes
-# larger than PLANE_ROWS_MAX_BYTES do so only when there is one (see _runs_plane_rows).
+# larger than PLANE_ROWS_MAX_BYTES do so only when there are at most
+# PLANE_ROWS_MAX_LARGE_PLANES of them (see _runs_plane_rows).
 PLANE_ROWS = True
 PLANE_ROWS_MAX_BYTES = 256 * 2**10
+PLANE_ROWS_MAX_LARGE_PLANES = 8
 
 # Large NHWC depthwise results are written by streaming stores (see _buffers.streaming).
 NHWC_DEPTHWISE_STREAM = True
@@ -589,18 +591,21 @@ def _runs_plane_rows(w, g: _validate.Geometry, groups: int) -> bool:
     """Whether a one-channel call runs ``conv2d_plane_rows`` (straight from x, see
     ``_kernels/_plane_rows.h``) rather than ``conv2d_planes``: PLANE_ROWS on, a level with
     masked vector loads, stride 1, one input channel per group, planes of at most
-    PLANE_ROWS_MAX_BYTES or a single plane, and finite weights unless there is no row
-    padding (that kernel skips the padding rows, where an inf weight must meet a zero to give
-    NaN; padding columns it loads as zeros).
+    PLANE_ROWS_MAX_BYTES or at most PLANE_ROWS_MAX_LARGE_PLANES planes, and finite weights
+    unless there is no row padding (that kernel skips the padding rows, where an inf weight
+    must meet a zero to give NaN; padding columns it loads as zeros).
 
-    Measured on the 2-core AVX-512 machine, float32 3x3, interleaved in one process (prepared
-    / rows time): 128 56x56 depthwise planes 1.08-1.20 at batch 1 and 1.05-1.46 at batch 32;
-    one 512x512 image 1.00-1.16, one 1024x1024 1.07, one 2048x2048 1.11; but batches of
-    large planes lose (512x512: 0.95 for 4 images, 0.85 for 8, 0.55-0.76 for 32), where the
+    Measured on the 2-core AVX-512 machine, float32 3x3 'same', 2 threads, interleaved in one
+    process (prepared / in-place time), with the in-place kernel compiled for the kernel size:
+    128 56x56 depthwise planes 1.08-1.20 at batch 1 and 1.05-1.46 at batch 32 (measured before
+    that, so at least this); 512x512 images 1.41 for 8 of them (0.54 against 0.38 ms), 1024x1024
+    1.33 for 4 and 1.08-1.17 for 8, 2048x2048 1.42-1.47 for 2; but more 512x512 planes lose
+    (12: 0.78-1.30, 16: 0.92 in 3 of 4 rounds, 24: 0.87-0.92, 32: 0.70-0.72), where the
     prepared copy's row bands stream through memory better."""
+    large_ok = g.n * groups <= PLANE_ROWS_MAX_LARGE_PLANES
     return (PLANE_ROWS and g.stride_h == 1 and g.stride_w == 1 and g.c == groups
             and _blocked.plane_rows_native()
-            and (g.h * g.w * w.dtype.itemsize <= PLANE_ROWS_MAX_BYTES or g.n * groups == 1)
+            and (g.h * g.w * w.dtype.itemsize <= PLANE_ROWS_MAX_BYTES or large_ok)
             and (not (g.pad_top or g.pad_bottom) or bool(np.isfinite(w).all())))
 
 

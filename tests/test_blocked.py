@@ -297,9 +297,10 @@ def test_one_channel_kernel_in_row_bands(monkeypatch, request, dtype, n, c, h, w
         monkeypatch.setattr(blocked, name, spy)
     expected = ("conv2d_plane_rows" if conv_module._runs_plane_rows(wt, g, c)
                 else "conv2d_planes")
+    few_or_small = (n * c <= conv_module.PLANE_ROWS_MAX_LARGE_PLANES
+                    or h * w * x.itemsize <= conv_module.PLANE_ROWS_MAX_BYTES)
     assert (expected == "conv2d_plane_rows") == (plane_rows and blocked.plane_rows_native()
-                                                 and (n * c == 1 or h * w * x.itemsize
-                                                      <= conv_module.PLANE_ROWS_MAX_BYTES))
+                                                 and few_or_small)
     for threads in (1, 2, 3):
         got = fastconv.conv2d(x, wt, b, groups=c, algorithm="direct", num_threads=threads,
                               activation="relu", **kw)
@@ -395,7 +396,9 @@ def test_plane_rows_rule():
     native = blocked.plane_rows_native()
     assert runs_rows(32, 128, 56, 56, padding=1) == native       # small planes
     assert runs_rows(1, 1, 512, 512, padding=1) == native        # one large plane
-    assert not runs_rows(32, 1, 512, 512, padding=1)             # many large planes
+    assert runs_rows(4, 2, 512, 512, padding=1) == native        # a few large planes
+    assert not runs_rows(9, 1, 512, 512, padding=1)              # more large planes
+    assert not runs_rows(32, 1, 512, 512, padding=1)
     assert not runs_rows(2, 8, 30, 30, stride=2, padding=1)      # stride 2
     inf = np.ones((8, 1, 3, 3), np.float32)
     inf[3, 0, 1, 1] = np.inf
