@@ -525,9 +525,9 @@ FC_DEFINE_DRIVERS(double, f64)
  * rows while they are in cache. The input row loop is outermost, so each sum still adds its
  * taps in (kh, kw) order, as every other path here does: the results are the same bits. */
 #define FC_DEFINE_DW_NHWC_PAIR_RUN(T, SUF)                                                  \
-    static inline void fc_dw_nhwc_pair_run_##SUF(const T *xp, const T *w, const T *bias,    \
-                                                 T *o0, T *o1, ptrdiff_t C, ptrdiff_t X,    \
-                                                 int relu, int stream) {                    \
+    static inline void fc_dw_nhwc_pair_run_##SUF(const T *xp, const T *pf, const T *w,      \
+                                                 const T *bias, T *o0, T *o1, ptrdiff_t C,  \
+                                                 ptrdiff_t X, int relu, int stream) {       \
         enum { V = FC_VBYTES / sizeof(T), R = FC_DW_PAIR_RUN };                             \
         fc_vec_##SUF acc[2][R], wv[3][3];                                                   \
         int i, j, col, kh, kw;                                                              \
@@ -537,6 +537,11 @@ FC_DEFINE_DRIVERS(double, f64)
         }                                                                                   \
         FC_UNROLL for (kh = 0; kh < 3; kh++)                                                \
             FC_UNROLL for (kw = 0; kw < 3; kw++) wv[kh][kw] = FC_LOAD(SUF, w + (kh * 3 + kw) * C); \
+        if (pf)   /* the next pair's two new input rows, these columns */                   \
+            FC_UNROLL for (i = 0; i < R; i++) {                                             \
+                __builtin_prefetch(pf + i * C, 0, 3);                                       \
+                __builtin_prefetch(pf + X + i * C, 0, 3);                                   \
+            }                                                                               \
         FC_UNROLL for (i = 0; i < 4; i++) {   /* input row ih0 + i: tap kh = i - r of row r */ \
             FC_UNROLL for (col = 0; col < R + 2; col++) {                                   \
                 fc_vec_##SUF xv = FC_LOAD(SUF, xp + i * X + col * C);                       \
@@ -666,11 +671,17 @@ FC_DEFINE_DRIVERS(double, f64)
         ptrdiff_t nt = fc_dw_nhwc_taps_##SUF(C, H, W, 3, 3, OW, ih0, 1, 1, 1, pl, xo, wo,  \
                                              &lo, &hi);                                     \
         T *out1 = out + OW * C;                                                             \
+        /* Rows ih0 + 4 and ih0 + 5, which the next pair loads first, are prefetched while \
+         * this one runs, when the image has them and the data is larger than the caches   \
+         * (the result is streamed): dw_3x3 batch 32 3.8-3.9 -> 3.3-3.4 ms. */              \
+        const int ahead = stream && ih0 + 5 < H;                                            \
         for (run_end = lo; run_end + FC_DW_PAIR_RUN <= hi; run_end += FC_DW_PAIR_RUN)       \
-            for (c = 0; c + V <= C; c += V)                                                 \
-                fc_dw_nhwc_pair_run_##SUF(x + (ih0 * W + run_end - pl) * C + c, w + c,      \
+            for (c = 0; c + V <= C; c += V) {                                               \
+                const T *xp = x + (ih0 * W + run_end - pl) * C + c;                         \
+                fc_dw_nhwc_pair_run_##SUF(xp, ahead ? xp + 4 * W * C : NULL, w + c,         \
                                           bias ? bias + c : NULL, out + run_end * C + c,    \
                                           out1 + run_end * C + c, C, W * C, relu, stream);  \
+            }                                                                               \
         run_c = C - C % V;                                                                  \
         fc_dw_nhwc_cols_##SUF(x, w, bias, out, C, H, W, 3, 3, OW, ih0, 1, 1, 1, pl, relu,   \
                               stream, xo, wo, nt, lo, hi, run_end, run_c);                  \
