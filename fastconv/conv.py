@@ -57,13 +57,17 @@ _scratch = threading.local()
 
 # Multiply-adds worth a thread of the blocked kernel (below that one thread does it all), when
 # whole images go to each thread (one parallel region per call), and when one image is split
-# over the team (two regions per image). Starting a team and meeting at its barriers costs
-# 10-40 us per region on a virtual machine. Measured on 2 cores (one thread against two, 3x3
-# layers): whole images pay off from about 10M multiply-adds (64->64 14x14, batch 2: 196 against
-# 157 us; 32->32 16x16, batch 2, 4.7M: 71 against 97), a split image from about 30M (64->64
-# 28x28, batch 1: 363 against 323 us; 32->64 28x28, 14M: 172 against 292).
-BLOCKED_MACS_PER_THREAD = 5_000_000
-BLOCKED_SPLIT_MACS_PER_THREAD = 15_000_000
+# over the team (two regions per image). Measured on the 2-core AVX-512 VM with the wait
+# policy fastconv sets (GOMP_SPINCOUNT=300), one thread against two, medians of 1500-2000
+# back-to-back calls, 3 rounds: whole images pay off from about 1M multiply-adds (LeNet conv2
+# at batch 32, 7.7M: 281 against 203-208 us; LeNet conv1 at batch 32, 3.8M: 195 against 117-124;
+# 16->16 32x32 3x3 at batch 4, 9.4M: 221 against 146; LeNet conv2 at batch 4, 0.96M: 46
+# against 36-37; at batch 2, 0.48M: 29 against 29), a split image from about 10M (32->64
+# 28x28 3x3, 14.5M: 300 against 250; 64->64 14x14, 7.2M: 177 against 180-182; 16->32 32x32,
+# 4.7M: 112 against 132-151). (Under libgomp's default wait policy, sleeping workers had put
+# both bounds at 10M and 30M.)
+BLOCKED_MACS_PER_THREAD = 400_000
+BLOCKED_SPLIT_MACS_PER_THREAD = 5_000_000
 # The same for the one-output-channel kernel (one region per call; memory-bound, so a thread
 # pays off sooner: depthwise 3x3 at batch 1, 3.6M, ran 1.2-1.7x faster on two).
 PLANES_MACS_PER_THREAD = 200_000
@@ -208,10 +212,14 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     Measured with ``python -m fastconv bench --algorithms all`` (2-core AVX-512 machine): the
     blocked direct kernel beats im2col + BLAS by 1.5-3x on every dense suite layer at batch
     32, and at batch 1 on all but the smallest. im2col stays ahead on NCHW 1x1 layers (x is
-    already the column matrix: no copy at all), on small NHWC 1x1 calls (ResNet 1x1 at batch
-    1: 0.30 against 0.53 ms; at batch 32 the blocked kernel is 10% faster) and on NHWC layers
-    with at most half a channel block of outputs and a long reduction (LeNet conv2 at batch
-    32: 0.15 against 0.23 ms; LeNet conv1, reduction 25, stays direct: 0.28 against 0.81 ms).
+    already the column matrix: no copy at all) and on small NHWC 1x1 calls (ResNet 1x1 at
+    batch 1: 0.30 against 0.53 ms; at batch 32 the blocked kernel is 10% faster). NHWC layers
+    with at most half a channel block of outputs once went to im2col too (LeNet conv2 at batch
+    32: 0.15 against 0.23 ms), but since their pix tiles leave in vectors and the blocked
+    kernel takes two threads from about 1M multiply-adds the blocked kernel is ahead on every
+    one measured from 1.9M up (AVX-512, direct / im2col us: LeNet conv2 at batch 8 77-80 / 105-
+    110, 32->8 28x28 at batch 16 1120-1221 / 1601-1741, 64->16 56x56 at batch 4 2250-2390 /
+    3347-4063, 16->16 8x8 at batch 32 170-196 / 213-711; AVX2 1.7-3x).
     Calls under about a million multiply-adds follow the older rule (_gemm_or_loops), except
     NCHW ones with at least a pixel block of outputs per image, where the blocked kernel on
     one thread wins (LeNet at batch 1: conv1 17 against 21 us, conv2 19 against 25; 32->32
@@ -232,8 +240,6 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
         return _gemm_or_loops(args)
     if _is_pointwise(g):
         return "direct" if args.layout == "NHWC" and macs >= AUTO_POINTWISE_MIN_MACS else "im2col"
-    if _few_nhwc_outputs(args):
-        return _gemm_or_loops(args)
     return "direct"
 
 

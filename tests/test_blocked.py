@@ -753,12 +753,11 @@ def test_auto_choice_for_large_calls(layout):
                                                      else "im2col")
     # Depthwise: the plain loops.
     assert _auto(layout, 32, 128, 56, 128, (3, 3), groups=128) == "direct"
-    # NHWC with at most half a channel block of outputs: the older rule (im2col from
-    # AUTO_MIN_CHANNELS outputs on; the SSE2 build's half block is below that).
+    # At most half a channel block of outputs: the blocked kernel too (NHWC had gone to im2col
+    # while the blocked kernel kept such calls on one thread), and LeNet conv2 at batch 32.
     half_block = block_sizes(np.float32)["ch_cols"] // 2
-    older = "im2col" if half_block >= conv_module.AUTO_MIN_CHANNELS["NHWC"] else "direct"
-    assert _auto(layout, 32, 64, 56, half_block, (3, 3)) == (
-        older if layout == "NHWC" else "direct")
+    assert _auto(layout, 32, 64, 56, half_block, (3, 3)) == "direct"
+    assert _auto(layout, 32, 6, 14, 16, (5, 5)) == "direct"
     # Below the size threshold, the older rule, except for NCHW from a pixel block of outputs
     # per image on, and NHWC from AUTO_SMALL_NHWC_MIN_PIXELS outputs when they fill more than
     # half a channel block.
@@ -920,7 +919,8 @@ def test_thread_count_tests_really_use_several_threads(monkeypatch):
 def test_production_thresholds_keep_small_calls_on_one_thread(monkeypatch):
     """Two threads only when the work pays for starting them (see BLOCKED_MACS_PER_THREAD):
     a one-image 32->32 16x16 layer (2.4M multiply-adds) stays on one, VGG's 64->64 56x56
-    (116M) takes two, as does a batch of two 64->64 14x14 images (14M, whole images)."""
+    (116M) takes two, as do a batch of two 64->64 14x14 images (14M, whole images) and of two
+    32->32 8x8 ones (1.2M); a batch of two 16->16 8x8 images (0.3M) stays on one."""
     monkeypatch.undo()
     conv_module._clear_launch_caches()   # plans made under the patched thresholds
     rng = np.random.default_rng(0)
@@ -936,3 +936,5 @@ def test_production_thresholds_keep_small_calls_on_one_thread(monkeypatch):
     assert threads(1, 32, 16) == [1]
     assert threads(1, 64, 56) == [2]
     assert threads(2, 64, 14) == [2]
+    assert threads(2, 32, 8) == [2]
+    assert threads(2, 16, 8) == [1]
