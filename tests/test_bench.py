@@ -414,48 +414,62 @@ def test_implementations_are_timed_in_turns():
     assert by_name["torch"].status == "n/a" and "torch broke" in by_name["torch"].note
 
 
-def test_each_timed_block_follows_untimed_warmup_calls(monkeypatch):
-    """Before each timed block, a short call runs untimed for WARMUP_SECONDS (at most half
-    the block's share of --min-time); a call that takes that long gets none. On a simulated
-    clock: "fast" takes 1 ms, "slow" 80 ms."""
-    class Clock:
-        now = 0.0
+class IdleClock:
+    """A simulated clock for _bench.time: calls advance ``now`` themselves, sleeping advances
+    it, and the process is always idle (settle() returns after one probe)."""
 
-        def perf_counter(self):
-            return self.now
+    def __init__(self):
+        self.now = 0.0
 
-        def process_time(self):
-            return 0.0   # idle: settle() returns after one probe
+    def perf_counter(self):
+        return self.now
 
-        def sleep(self, seconds):
-            self.now += seconds
+    def process_time(self):
+        return 0.0
 
-    clock = Clock()
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def run_toy_case(monkeypatch, section, impls, **calls_kw):
+    """Run a case of ``impls`` ((name, seconds per call, uses_blas) each) on an IdleClock;
+    return the case and the timing blocks that followed the checked calls, as [name, calls]
+    runs of consecutive calls (warm-up and timed calls together)."""
+    clock = IdleClock()
     monkeypatch.setattr(_bench, "time", clock)
     log = []
     result = np.ones(3, dtype=np.float32)
 
-    def impl(name, seconds):
+    def impl(name, seconds, uses_blas):
         def call():
             clock.now += seconds
             log.append(name)
             return result
-        return _bench.Impl(name, call)
+        return _bench.Impl(name, call, uses_blas=uses_blas)
 
-    calls = _bench.Calls({"ref": lambda: result}, [impl("fast", 0.001), impl("slow", 0.08)],
-                         {"ref": (1,)}, time_reference=False)
-    spec = _bench.CaseSpec("relu", "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
+    calls = _bench.Calls({"ref": lambda: result}, [impl(*i) for i in impls], {"ref": (1,)},
+                         time_reference=False, **calls_kw)
+    spec = _bench.CaseSpec(section, "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
     plan = _bench.make_plan(parse("--repeats", "3", "--min-time", "0.3"), 1)
     case = _bench.run_case(spec, plan, "default")
-    assert min(_bench.WARMUP_SECONDS, 0.3 / _bench.TIMING_ROUNDS / 2) == pytest.approx(0.05)
-    assert log[:2] == ["fast", "slow"]   # the checked calls
+    assert log[:len(impls)] == [name for name, _, _ in impls]   # the checked calls
     runs = []
-    for name in log[2:]:
+    for name in log[len(impls):]:
         if runs and runs[-1][0] == name:
             runs[-1][1] += 1
         else:
             runs.append([name, 1])
-    assert [name for name, _ in runs] == ["fast", "slow"] * _bench.TIMING_ROUNDS
+    assert [name for name, _ in runs] == [name for name, _, _ in impls] * _bench.TIMING_ROUNDS
+    return case, runs
+
+
+def test_each_timed_block_follows_untimed_warmup_calls(monkeypatch):
+    """Before each timed block, a short call runs untimed for WARMUP_SECONDS (at most half
+    the block's share of --min-time); a call that takes that long gets none. On a simulated
+    clock: "fast" takes 1 ms, "slow" 80 ms."""
+    case, runs = run_toy_case(monkeypatch, "relu", [("fast", 0.001, False),
+                                                    ("slow", 0.08, False)])
+    assert min(_bench.WARMUP_SECONDS, 0.3 / _bench.TIMING_ROUNDS / 2) == pytest.approx(0.05)
     by_name = {m.impl: m for m in case.measurements}
     fast_runs = [count for name, count in runs if name == "fast"]
     slow_runs = [count for name, count in runs if name == "slow"]
@@ -472,42 +486,9 @@ def test_blocks_after_numpy_blas_warm_up_longer(monkeypatch, refs_use_blas, seco
     for the first block, the references or any implementation's checked call when they use
     it) warms up for BLAS_WARMUP_SECONDS, the others for WARMUP_SECONDS. On a simulated
     clock, 1 ms calls: "plain" does not use BLAS, "second" does or not."""
-    class Clock:
-        now = 0.0
-
-        def perf_counter(self):
-            return self.now
-
-        def process_time(self):
-            return 0.0
-
-        def sleep(self, seconds):
-            self.now += seconds
-
-    clock = Clock()
-    monkeypatch.setattr(_bench, "time", clock)
-    log = []
-    result = np.ones(3, dtype=np.float32)
-
-    def impl(name, uses_blas):
-        def call():
-            clock.now += 0.001
-            log.append(name)
-            return result
-        return _bench.Impl(name, call, uses_blas=uses_blas)
-
-    calls = _bench.Calls({"ref": lambda: result}, [impl("plain", False), impl("second", second_uses_blas)],
-                         {"ref": (1,)}, time_reference=False, refs_use_blas=refs_use_blas)
-    spec = _bench.CaseSpec("conv", "toy", "3", "any", "float32", 1, None, 12, lambda n: calls)
-    plan = _bench.make_plan(parse("--repeats", "3", "--min-time", "0.3"), 1)
-    case = _bench.run_case(spec, plan, "default")
-    runs = []
-    for name in log[2:]:
-        if runs and runs[-1][0] == name:
-            runs[-1][1] += 1
-        else:
-            runs.append([name, 1])
-    assert [name for name, _ in runs] == ["plain", "second"] * _bench.TIMING_ROUNDS
+    case, runs = run_toy_case(monkeypatch, "conv", [("plain", 0.001, False),
+                                                    ("second", 0.001, second_uses_blas)],
+                              refs_use_blas=refs_use_blas)
     timed = {m.impl: len(m.times) for m in case.measurements}
     per_block = {name: timed[name] / _bench.TIMING_ROUNDS for name in timed}
     warm = [count - per_block[name] for name, count in runs]
