@@ -1233,7 +1233,8 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
     # block starts once the threads of the one before are idle (see settle), after a few
     # untimed calls (see WARMUP_SECONDS).
     share = plan.min_time / TIMING_ROUNDS
-    after_blas = calls.refs_use_blas or any(impl.uses_blas for impl, _ in timed)
+    # Every implementation's checked call ran above, those that failed it too.
+    after_blas = calls.refs_use_blas or any(i.uses_blas for i in calls.impls if i.fn)
     for _ in range(TIMING_ROUNDS):
         for impl, m in list(timed):
             settle()
@@ -1245,6 +1246,7 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
                     MAX_CALLS // TIMING_ROUNDS,
                     max_time=max(MAX_SECONDS, plan.min_time) / TIMING_ROUNDS, cap_after=1)
             except Exception as exc:
+                after_blas = after_blas or impl.uses_blas   # it may have run a GEMM
                 _call_failed(m, exc)
                 m.times, m.max_err, m.tol = [], None, None
                 timed.remove((impl, m))

@@ -59,10 +59,11 @@ _scratch = threading.local()
 # whole images go to each thread (one parallel region per call), and when one image is split
 # over the team (two regions per image). Measured on the 2-core AVX-512 VM with the wait
 # policy fastconv sets (GOMP_SPINCOUNT=300), one thread against two, medians of 1500-2000
-# back-to-back calls, 3 rounds: whole images pay off from about 1M multiply-adds (LeNet conv2
-# at batch 32, 7.7M: 281 against 203-208 us; LeNet conv1 at batch 32, 3.8M: 195 against 117-124;
-# 16->16 32x32 3x3 at batch 4, 9.4M: 221 against 146; LeNet conv2 at batch 4, 0.96M: 46
-# against 36-37; at batch 2, 0.48M: 29 against 29), a split image from about 10M (32->64
+# back-to-back calls, 3 rounds: whole images pay off from about 1M multiply-adds (the bound
+# below gives two threads from 800K; LeNet conv2 at batch 32, 7.7M: 281 against 203-208 us;
+# LeNet conv1 at batch 32, 3.8M: 195 against 117-124; 16->16 32x32 3x3 at batch 4, 9.4M: 221
+# against 146; LeNet conv2 at batch 4, 0.96M: 46 against 36-37; at batch 2, 0.48M: 29
+# against 29), a split image from about 10M (32->64
 # 28x28 3x3, 14.5M: 300 against 250; 64->64 14x14, 7.2M: 177 against 180-182; 16->32 32x32,
 # 4.7M: 112 against 132-151). (Under libgomp's default wait policy, sleeping workers had put
 # both bounds at 10M and 30M.)
@@ -217,9 +218,10 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     with at most half a channel block of outputs once went to im2col too (LeNet conv2 at batch
     32: 0.15 against 0.23 ms), but since their pix tiles leave in vectors and the blocked
     kernel takes two threads from about 1M multiply-adds the blocked kernel is ahead on every
-    one measured from 1.9M up (AVX-512, direct / im2col us: LeNet conv2 at batch 8 77-80 / 105-
-    110, 32->8 28x28 at batch 16 1120-1221 / 1601-1741, 64->16 56x56 at batch 4 2250-2390 /
-    3347-4063, 16->16 8x8 at batch 32 170-196 / 213-711; AVX2 1.7-3x).
+    one measured, all from 1.9M up (the rule starts at AUTO_BLOCKED_MIN_MACS, about 1M; the
+    SSE2 build was not measured). AVX-512, direct / im2col us: LeNet conv2 at batch 8 77-80 /
+    105-110, 32->8 28x28 at batch 16 1120-1221 / 1601-1741, 64->16 56x56 at batch 4 2250-2390
+    / 3347-4063, 16->16 8x8 at batch 32 170-196 / 213-711; AVX2 1.7-3x.
     Calls under about a million multiply-adds follow the older rule (_gemm_or_loops), except
     NCHW ones with at least a pixel block of outputs per image, where the blocked kernel on
     one thread wins (LeNet at batch 1: conv1 17 against 21 us, conv2 19 against 25; 32->32

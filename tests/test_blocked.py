@@ -504,11 +504,12 @@ def test_nhwc_depthwise_row_pairs_give_the_same_bits(dtype, padding):
     one-row per-column path for what is left): the results equal the one-row path bit for
     bit and the reference, over heights that give pairs starting on even and odd rows and a
     lone last row, widths whose interior ends before, at and after a run, channel counts
-    around the vector, bias/ReLU, NaN and inf in x, streaming stores, 1-3 threads (the
-    thread shares split pairs)."""
+    around the vector, bias/ReLU, NaN and inf in x, streaming stores, 1, 2 and 4 threads (2
+    and 4 split images, and some shares end between the rows of a pair). The kernel reports
+    the pairs it took: as many as the rule allows on one thread, none with pairs=False."""
     lanes = {"avx512": 64, "avx2": 32}.get(_isa.LEVEL, 16) // np.dtype(dtype).itemsize
     (pt, pb), (pl, pr) = ((padding, padding),) * 2 if isinstance(padding, int) else padding
-    ran_pairs = 0
+    total_pairs = 0
     for channels, height, width in [(lanes, 5, 7), (lanes + 1, 8, 6), (2 * lanes - 1, 9, 9),
                                     (3 * lanes + 5, 6, 12), (8, 7, 5), (lanes, 4, 3)]:
         x, w, b = problem("NHWC", dtype, 3, channels, height, width, channels, (3, 3),
@@ -517,14 +518,26 @@ def test_nhwc_depthwise_row_pairs_give_the_same_bits(dtype, padding):
         x[2, height - 1, width - 1, channels - 1] = np.inf
         w2 = np.ascontiguousarray(w.reshape(9, channels))
         oh, ow = height + pt + pb - 2, width + pl + pr - 2
-        ran_pairs += any(0 <= r - pt and r - pt + 3 < height for r in range(oh - 1))
+        # Pairs one thread takes: from the top of each image, rows r and r + 1 whenever input
+        # rows r - pt .. r - pt + 3 are all inside it.
+        per_image, r = 0, 0
+        while r < oh:
+            if r + 1 < oh and 0 <= r - pt and r - pt + 3 < height:
+                per_image, r = per_image + 1, r + 2
+            else:
+                r += 1
+        total_pairs += per_image
         for bias, relu in ((b, True), (np.empty(0, dtype), False)):
             results = []
             for pairs in (False, True):
-                for threads, stream in ((1, False), (2, True), (3, False)):
+                for threads, stream in ((1, False), (2, True), (4, False)):
                     out = np.full((3, oh, ow, channels), -7, dtype)
-                    blocked.conv2d_depthwise_nhwc(x, w2, bias, out, 3, 3, 1, 1, 1, 1, pt, pl,
-                                                  relu, threads, stream, pairs)
+                    taken = blocked.conv2d_depthwise_nhwc(x, w2, bias, out, 3, 3, 1, 1, 1, 1,
+                                                          pt, pl, relu, threads, stream, pairs)
+                    if not pairs:
+                        assert taken == 0
+                    elif threads == 1:
+                        assert taken == 3 * per_image
                     results.append(out)
             for got in results[1:]:
                 np.testing.assert_array_equal(got, results[0],
@@ -533,7 +546,7 @@ def test_nhwc_depthwise_row_pairs_give_the_same_bits(dtype, padding):
                                     padding=((pt, pb), (pl, pr)), layout="NHWC",
                                     activation="relu" if relu else None)
             assert_close(results[-1], want, dtype, 9, err_msg=f"C={channels} {height}x{width}")
-    assert ran_pairs   # some row pairs were really there to take
+    assert total_pairs > 0   # the pair path really ran
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

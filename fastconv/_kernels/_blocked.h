@@ -673,7 +673,7 @@ FC_DEFINE_DRIVERS(double, f64)
         T *out1 = out + OW * C;                                                             \
         /* Rows ih0 + 4 and ih0 + 5, which the next pair loads first, are prefetched while \
          * this one runs, when the image has them and the data is larger than the caches   \
-         * (the result is streamed): dw_3x3 batch 32 3.8-3.9 -> 3.3-3.4 ms. */              \
+         * (the result is streamed): dw_3x3 batch 32 3.8-3.9 -> 3.05-3.30 ms. */            \
         const int ahead = stream && ih0 + 5 < H;                                            \
         for (run_end = lo; run_end + FC_DW_PAIR_RUN <= hi; run_end += FC_DW_PAIR_RUN)       \
             for (c = 0; c + V <= C; c += V) {                                               \

@@ -481,15 +481,16 @@ def conv2d_depthwise_nhwc(
     block of channels in registers over all taps. With ``pairs``, two rows at a time where
     the kernel is 3x3 with stride and dilation 1 and their input rows lie inside the image
     (fc_dw_nhwc_pair: the same bits; ``pairs=False`` is there for the tests to show it).
+    Returns the number of row pairs so computed.
     Taps on padding are skipped: the caller pads x explicitly when the weight is not finite.
     With ``stream`` (and a build that has them) aligned result vectors are written by
     streaming stores, each thread taking one contiguous share of the rows and fencing after
     its last (see _stream.h)."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
-    cdef Py_ssize_t r, n, oh, ih0, t, r0, r1, rows = N * OH
+    cdef Py_ssize_t r, n, oh, ih0, t, r0, r1, rows = N * OH, n_pairs = 0
     if rows == 0 or OW == 0 or C == 0:
-        return
+        return 0
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0]
     cdef const floating* bp = &bias[0] if bias.shape[0] > 0 else NULL
@@ -513,6 +514,7 @@ def conv2d_depthwise_nhwc(
                         fc_dw_nhwc_pair_f64(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H,
                                             W, OW, ih0, pad_left, relu, streaming)
                     r = r + 2
+                    n_pairs += 1
                     continue
                 if floating is float:
                     fc_dw_nhwc_row_f32(xp + n * H * W * C, wp, bp, op + r * OW * C, C, H, W,
@@ -525,3 +527,4 @@ def conv2d_depthwise_nhwc(
                 r = r + 1
             if streaming:
                 fc_stream_fence()   # after the thread's last streaming store
+    return n_pairs
