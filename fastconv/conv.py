@@ -42,6 +42,9 @@ AUTO_MIN_REDUCTION = {"NCHW": 16, "NHWC": 32}
 # Small NHWC calls (under AUTO_BLOCKED_MIN_MACS) whose outputs fill most of the ch kernel's
 # channel block run it from this many output pixels per image (see choose_algorithm).
 AUTO_SMALL_NHWC_MIN_PIXELS = 81
+# Small NHWC calls with few outputs that the pix kernel takes (see _pix_for_nhwc) run it from
+# this many of its pixel blocks per image.
+AUTO_SMALL_NHWC_PIX_BLOCKS = 4
 AUTO_MIN_CHANNELS = {"NCHW": 4, "NHWC": 8}
 
 # The direct algorithm runs the register-blocked kernel when a group has at least this many
@@ -226,7 +229,8 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     NCHW ones with at least a pixel block of outputs per image, where the blocked kernel on
     one thread wins (LeNet at batch 1: conv1 17 against 21 us, conv2 19 against 25; 32->32
     8x8: 28 against 37; but 64->64 4x4, 16 pixels: 63 against 38), and NHWC ones with more
-    than half a channel block of outputs and at least 81 output pixels per image (2-core
+    than half a channel block of outputs and at least 81 output pixels per image, or fewer
+    outputs that the pix kernel takes and four of its pixel blocks per image (2-core
     AVX2 machine, where LeNet conv2 fills the 16-channel block, direct against im2col:
     batch 1 42 against 62 us, batch 8 99 against 533; float32 16->16 14x14 54 against 89,
     16->24 10x10 35 against 49; float64 8->8 9x9 batch 2 48 against 70; but 32->64 7x7 82
@@ -248,10 +252,18 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
 def _small_call_runs_blocked(args: _validate.ConvArgs) -> bool:
     """Whether "auto" runs the blocked kernel on a call under AUTO_BLOCKED_MIN_MACS (not 1x1):
     NCHW with at least a pixel block of outputs per image; NHWC with a channel block more
-    than half used and at least AUTO_SMALL_NHWC_MIN_PIXELS outputs per image."""
+    than half used and at least AUTO_SMALL_NHWC_MIN_PIXELS outputs per image, or with fewer
+    outputs that the pix kernel takes and AUTO_SMALL_NHWC_PIX_BLOCKS of its pixel blocks
+    per image (batch 1 unless said, direct against im2col us: AVX-512, 8->8 16x16 3x3, 256
+    pixels, 17.1 / 21.8; 16->16 14x14, 196, 26.5 / 25.7; but LeNet conv2, 100, 21.1 / 20.1,
+    16->16 8x8 batch 4 38.9 / 29.7, 32->16 7x7 26.6 / 18.8; AVX2, from 96 pixels: 6->8
+    14x14 5x5 16.4 / 18.3, 16->8 14x14 20.2 / 22.7; but 16->8 8x8 batch 4 30.0 / 26.1)."""
     g = args.geometry
+    pix_pixels = _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]
     if args.layout == "NCHW":
-        return g.out_pixels >= _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]
+        return g.out_pixels >= pix_pixels
+    if _pix_for_nhwc(args):
+        return g.out_pixels >= AUTO_SMALL_NHWC_PIX_BLOCKS * pix_pixels
     return not _few_nhwc_outputs(args) and g.out_pixels >= AUTO_SMALL_NHWC_MIN_PIXELS
 
 
@@ -438,8 +450,11 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
         return
     out_nhwc = _pix_for_nhwc(args)
     layout = args.layout
+    # NHWC images of several channels are prepared channel-planar; one channel's are planes.
+    planar = out_nhwc and g.c > 1
     if out_nhwc:
-        x = x.reshape(g.n, 1, g.h, g.w)
+        if not planar:
+            x = x.reshape(g.n, 1, g.h, g.w)
         w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
         layout = "NCHW"
     elif layout == "NHWC" and _is_pointwise(g):
@@ -453,10 +468,10 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     # Every image preparation rewrites its first `prepared` elements; the slack after them
     # (read by the last NCHW pixel block, never stored) must hold finite values.
     xs_buf[:, prepared:] = 0
-    _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, layout == "NHWC",
+    _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, layout == "NHWC" or planar,
                             g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
                             chunk, False, args.activation == "relu", threads, out_nhwc,
-                            ch and layout == "NCHW")
+                            ch and layout == "NCHW", planar)
 
 
 @functools.lru_cache(maxsize=256)
@@ -720,12 +735,24 @@ def _nchw_runs_ch(g: _validate.Geometry, groups: int, c_out: int, itemsize: int)
 
 
 def _pix_for_nhwc(args: _validate.ConvArgs) -> bool:
-    """Whether a blocked NHWC call runs the pix (NCHW) micro-kernel with an NHWC store:
-    single-channel images (NCHW memory already) with at most half a channel block of
-    outputs, which the ch kernel would mostly waste. LeNet conv1 (1 -> 6 channels) at batch
-    32: 0.20-0.24 ms with the ch kernel (6 of its 32 channel lanes used), the NCHW layer's
-    0.11 ms this way."""
-    return args.geometry.c == 1 and _few_nhwc_outputs(args)
+    """Whether a blocked NHWC call runs the pix (NCHW) micro-kernel with an NHWC store, for
+    at most half a channel block of outputs, which the ch kernel would mostly waste:
+    single-channel images (NCHW memory already), and stride-1 layers with a kernel larger
+    than 1x1, whose images are then prepared channel-planar.
+
+    LeNet conv1 (1 -> 6 channels) at batch 32: 0.20-0.24 ms with the ch kernel (6 of its 32
+    channel lanes used), the NCHW layer's 0.11 ms this way. Several channels, float32, ch
+    against pix us, best of 3-5 interleaved rounds: AVX-512, LeNet conv2 (6 -> 16) batch 32
+    232 / 179, batch 8 115 / 87; 32->8 28x28 3x3 batch 16 1156 / 463; 64->16 56x56 batch 4
+    2218 / 1366; 3->16 32x32 5x5 batch 32 808 / 502; 128->16 28x28 batch 2 591 / 419. AVX2
+    (8 outputs, a 16-channel block): 1.2-1.5x, LeNet conv2 even. Not with stride 2 (the
+    image prepared in four phases: AVX-512 even, 64->16 56x56 batch 4 627 / 542-675; AVX2
+    0.49-0.69x) nor for 1x1 kernels (no taps to share the prepared image; 64->16 56x56
+    stride 2 0.67x, 256->16 14x14 batch 32 0.89x; AVX2 0.59-0.64x)."""
+    if not _few_nhwc_outputs(args):
+        return False
+    g = args.geometry
+    return g.c == 1 or (g.stride_h == g.stride_w == 1 and g.kernel_h * g.kernel_w > 1)
 
 
 def _conv_nhwc_through_nchw(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int):

@@ -773,7 +773,7 @@ def test_auto_choice_for_large_calls(layout):
     assert _auto(layout, 32, 6, 14, 16, (5, 5)) == "direct"
     # Below the size threshold, the older rule, except for NCHW from a pixel block of outputs
     # per image on, and NHWC from AUTO_SMALL_NHWC_MIN_PIXELS outputs when they fill more than
-    # half a channel block.
+    # half a channel block, or from AUTO_SMALL_NHWC_PIX_BLOCKS pixel blocks when they do not.
     if layout == "NCHW":
         pixels = block_sizes(np.float32)["pix_pixels"]
         assert _auto(layout, 1, 1, 28, 6, (5, 5)) == "direct"          # LeNet conv1
@@ -788,10 +788,14 @@ def test_auto_choice_for_large_calls(layout):
 
     assert _auto(layout, 1, 16, side, filled, (3, 3)) == "direct"
     assert _auto(layout, 1, 16, side - 1, filled, (3, 3)) == older(filled)
-    assert _auto(layout, 1, 16, side, few, (3, 3)) == older(few)
     assert _auto(layout, 1, 16, side, 4, (3, 3)) == "direct"        # older rule: 4 < 8 outputs
-    assert _auto(layout, 1, 6, 14, 16, (5, 5)) == (                   # LeNet conv2
-        "direct" if 2 * 16 > cols else "im2col")
+    # Few outputs (the pix kernel): from AUTO_SMALL_NHWC_PIX_BLOCKS of its pixel blocks.
+    pix_pixels = conv_module.AUTO_SMALL_NHWC_PIX_BLOCKS * block_sizes(np.float32)["pix_pixels"]
+    pix_side = math.isqrt(pix_pixels - 1) + 1
+    assert _auto(layout, 1, 16, pix_side, few, (3, 3)) == "direct"
+    assert _auto(layout, 1, 16, pix_side - 1, few, (3, 3)) == older(few)
+    assert _auto(layout, 1, 6, 14, 16, (5, 5)) == (                   # LeNet conv2, 'same'
+        "direct" if 2 * 16 > cols or 196 >= pix_pixels else "im2col")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -851,6 +855,78 @@ def test_single_channel_nhwc_few_outputs_use_the_pix_kernel(dtype, extra):
     x, wt, b = problem("NHWC", dtype, 2, 1, 9, 9, 2 * half, (3, 3), 1)
     args = _validate.conv_args(x, wt, b, 1, 0, 1, 1, "NHWC", None, "test")
     assert not conv_module._pix_for_nhwc(args)   # a full channel block: the ch kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [
+    dict(padding=2), dict(padding=0, activation="relu"), dict(dilation=2, padding="same"),
+    dict(padding=((0, 2), (1, 0)), activation="relu"), dict(padding=1, groups=2),
+], ids=["p2", "p0-relu", "d2-same", "asym-relu", "groups2"])
+def test_nhwc_few_outputs_run_the_pix_kernel_on_a_channel_planar_copy(dtype, extra):
+    """NHWC layers of several channels with at most half a channel block of outputs, stride 1
+    and a kernel larger than 1x1 prepare each image channel-planar (as an NCHW image) and run
+    the pix kernel into the NHWC result: the same sums in the same order as the NCHW layer
+    on the pix kernel, so the same bits (NaN and inf included), and the reference's answer.
+    Input channels around a vector; outputs at and around the pix row block; batches shared
+    out by image (4) and an image split over the team (1); one thread gives the same bits."""
+    groups = extra.get("groups", 1)
+    half = block_sizes(dtype)["ch_cols"] // 2
+    rows = block_sizes(dtype)["pix_rows"]
+    if half < conv_module.BLOCKED_MIN_CHANNELS["NHWC"]:
+        pytest.skip(f"a half channel block ({half}) is under the blocked kernel's minimum "
+                    "output count at this level and dtype: no layer takes this path")
+    bit_checks = 0
+    for c_in in (2, 3, 6, 18):
+        for c_out in sorted({4, rows - 1, rows, rows + 1, half}):
+            if not 4 <= c_out <= half or c_in % groups or c_out % groups:
+                continue
+            for n, h, w in ((4, 9, 23), (1, 17, 61)):
+                x, wt, b = problem("NHWC", dtype, n, c_in, h, w, c_out, (3, 5), groups,
+                                   seed=c_in * 100 + c_out)
+                x[0, 1, 2, c_in - 1], x[-1, h // 2, w - 1, 0] = np.nan, np.inf
+                kw = dict(padding=extra.get("padding", 0), dilation=extra.get("dilation", 1),
+                          groups=groups, activation=extra.get("activation"))
+                args = _validate.conv_args(x, wt, b, 1, kw["padding"], kw["dilation"], groups,
+                                           "NHWC", kw["activation"], "test")
+                assert conv_module._pix_for_nhwc(args)
+                got = fastconv.conv2d(x, wt, b, layout="NHWC", algorithm="direct", **kw)
+                want = reference.conv2d(x, wt, b, layout="NHWC", **kw)
+                err = f"c_in={c_in} c_out={c_out} n={n} {extra}"
+                assert_close(got, want, dtype, c_in // groups * 15, err_msg=err)
+                assert np.isnan(got).any(), err   # the planted NaN reached the result
+                one = fastconv.conv2d(x, wt, b, layout="NHWC", algorithm="direct",
+                                      num_threads=1, **kw)
+                np.testing.assert_array_equal(one, got, err_msg=err)
+                xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+                wc = np.ascontiguousarray(wt.transpose(3, 2, 0, 1))
+                nchw_args = _validate.conv_args(xc, wc, b, 1, kw["padding"], kw["dilation"],
+                                                groups, "NCHW", kw["activation"], "test")
+                if not conv_module._nchw_runs_ch(nchw_args.geometry, groups, c_out,
+                                                 np.dtype(dtype).itemsize):
+                    nchw = fastconv.conv2d(xc, wc, b, algorithm="direct", **kw)
+                    np.testing.assert_array_equal(got, to_nhwc(nchw), err_msg=err)
+                    bit_checks += 1
+    assert bit_checks > 0
+
+
+def test_nhwc_few_outputs_keep_the_ch_kernel_for_stride_and_1x1():
+    """The channel-planar pix path is for stride 1 and kernels larger than 1x1 only (with
+    stride 2 or a 1x1 kernel the ch kernel was faster); one-channel images take the pix
+    kernel in any case (they are NCHW memory)."""
+    few = block_sizes(np.float32)["ch_cols"] // 2
+    def pix(c_in, kernel, stride, padding=1):
+        x, wt, b = problem("NHWC", np.float32, 2, c_in, 12, 12, few, kernel)
+        args = _validate.conv_args(x, wt, b, stride, padding, 1, 1, "NHWC", None, "test")
+        return conv_module._pix_for_nhwc(args)
+    assert pix(8, (3, 3), 1)
+    assert not pix(8, (3, 3), 2)
+    assert not pix(8, (3, 3), (1, 2))
+    assert not pix(8, (1, 1), 1, padding=0)
+    assert not pix(8, (1, 1), 2, padding=0)
+    assert pix(1, (3, 3), 2) and pix(1, (1, 1), 1, padding=0)
+    x, wt, b = problem("NHWC", np.float32, 4, 8, 12, 12, few, (1, 1))
+    assert_close(fastconv.conv2d(x, wt, b, 2, layout="NHWC", algorithm="direct"),
+                 reference.conv2d(x, wt, b, 2, layout="NHWC"), np.float32, 8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -229,15 +229,19 @@ def test_auto_follows_documented_heuristic(layout, cig, kernel, cog, groups, exp
     the older rule of AUTO_CASES, except that small calls with a blocked kernel's worth of
     output channels run it: in NCHW from a pixel block of outputs per image, in NHWC when
     the outputs fill more than half a channel block and an image has at least
-    AUTO_SMALL_NHWC_MIN_PIXELS outputs (9x9 images, padding 1: 63 to 100 output pixels)."""
+    AUTO_SMALL_NHWC_MIN_PIXELS outputs (9x9 images, padding 1: 63 to 100 output pixels), or
+    when fewer outputs with a kernel larger than 1x1 (stride 1) leave an image
+    AUTO_SMALL_NHWC_PIX_BLOCKS pixel blocks of the pix kernel."""
     expected = expected[LAYOUTS.index(layout)]
     pixels = (9 + 2 - kernel[0] + 1) * (9 + 2 - kernel[1] + 1)
     sizes = conv_module._blocked.block_sizes(8)   # float64
     if layout == "NCHW":
         blocked = pixels >= sizes["pix_pixels"]
+    elif 2 * cog > sizes["ch_cols"]:
+        blocked = pixels >= conv_module.AUTO_SMALL_NHWC_MIN_PIXELS
     else:
-        blocked = (2 * cog > sizes["ch_cols"]
-                   and pixels >= conv_module.AUTO_SMALL_NHWC_MIN_PIXELS)
+        blocked = ((cig * groups == 1 or kernel[0] * kernel[1] > 1)
+                   and pixels >= conv_module.AUTO_SMALL_NHWC_PIX_BLOCKS * sizes["pix_pixels"])
     if cog >= conv_module.BLOCKED_MIN_CHANNELS[layout] and blocked:
         expected = "direct"
     case = Case("auto", 2, cig * groups, 9, 9, cog * groups, kernel, padding=1, groups=groups)

@@ -138,6 +138,23 @@ def pack_weight(
 # --------------------------------------------------------------------------------------------
 # image preparation
 
+cdef inline Py_ssize_t _first_column(Py_ssize_t b, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil:
+    """The first column j of stride phase b whose pixel j * sw + b - pl lies inside the image
+    (columns before it are left padding)."""
+    return (pl - b + sw - 1) // sw if pl > b else 0
+
+
+cdef inline Py_ssize_t _end_column(Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw, Py_ssize_t pl,
+                                   Py_ssize_t Ws) noexcept nogil:
+    """One past the last column j < Ws of stride phase b inside a W-wide image, and not
+    before _first_column (columns from it on are right padding)."""
+    cdef Py_ssize_t j0 = _first_column(b, sw, pl)
+    cdef Py_ssize_t j1 = (W - 1 + pl - b) // sw + 1 if W - 1 + pl - b >= 0 else 0
+    if j1 > Ws:
+        j1 = Ws
+    return j1 if j1 > j0 else j0
+
+
 cdef inline void _prep_nchw_plane(
     const floating* x,     # IN  channel c of the image: (H, W)
     floating* xs,          # OUT rows i0 <= i < i1 of phase (a, b), channel c: (i1 - i0, Ws)
@@ -154,13 +171,8 @@ cdef inline void _prep_nchw_plane(
             memset(row, 0, Ws * sizeof(floating))
             continue
         src = x + ih * W
-        # Columns j with 0 <= j * sw + b - pl < W.
-        j0 = (pl - b + sw - 1) // sw if pl > b else 0
-        j1 = (W - 1 + pl - b) // sw + 1 if W - 1 + pl - b >= 0 else 0
-        if j1 > Ws:
-            j1 = Ws
-        if j0 > j1:
-            j0 = j1
+        j0 = _first_column(b, sw, pl)
+        j1 = _end_column(W, b, sw, pl, Ws)
         if sw == 1:
             if floating is float:
                 fc_prep_row_f32(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
@@ -188,12 +200,8 @@ cdef inline void _prep_nhwc_row(
         memset(xs, 0, Ws * C * sizeof(floating))
         return
     src = x + ih * W * C
-    j0 = (pl - b + sw - 1) // sw if pl > b else 0
-    j1 = (W - 1 + pl - b) // sw + 1 if W - 1 + pl - b >= 0 else 0
-    if j1 > Ws:
-        j1 = Ws
-    if j0 > j1:
-        j0 = j1
+    j0 = _first_column(b, sw, pl)
+    j1 = _end_column(W, b, sw, pl, Ws)
     if j0 > 0:
         memset(xs, 0, j0 * C * sizeof(floating))
     if sw == 1:
@@ -210,18 +218,54 @@ cdef inline void _prep_nhwc_row(
         memset(xs + j1 * C, 0, (Ws - j1) * C * sizeof(floating))
 
 
+cdef inline void _prep_nhwc_row_planar(
+    const floating* x,     # IN  the image: (H, W, C)
+    floating* xs,          # OUT phase (a, b): (C, Hs, Ws), row i of each channel written
+    Py_ssize_t i, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t a, Py_ssize_t b,
+    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hs, Py_ssize_t Ws,
+) noexcept nogil:
+    """Row i of an NHWC image's stride phase, prepared channel-planar (as an NCHW image's
+    planes) for the pix kernel: each input pixel's channels read together, written to C
+    planes, so the image is read once in memory order."""
+    cdef Py_ssize_t j, c, ih, j0, j1, plane = Hs * Ws
+    cdef const floating* src
+    cdef floating* row = xs + i * Ws
+    ih = i * sh + a - pt
+    if ih < 0 or ih >= H:
+        for c in range(C):
+            memset(row + c * plane, 0, Ws * sizeof(floating))
+        return
+    j0 = _first_column(b, sw, pl)
+    j1 = _end_column(W, b, sw, pl, Ws)
+    for c in range(C):
+        if j0 > 0:
+            memset(row + c * plane, 0, j0 * sizeof(floating))
+        if j1 < Ws:
+            memset(row + c * plane + j1, 0, (Ws - j1) * sizeof(floating))
+    src = x + ih * W * C
+    for j in range(j0, j1):
+        for c in range(C):
+            row[c * plane + j] = src[(j * sw + b - pl) * C + c]
+
+
 cdef inline void _prep_item(
-    const floating* x, floating* xs, Py_ssize_t item, bint nhwc,
+    const floating* x, floating* xs, Py_ssize_t item, bint nhwc, bint planar,
     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hs, Py_ssize_t Ws,
 ) noexcept nogil:
-    """One unit of image preparation: NCHW a (phase, channel) plane, NHWC a (phase, row)."""
+    """One unit of image preparation: NCHW a (phase, channel) plane, NHWC a (phase, row),
+    into an NHWC prepared image or (``planar``) a channel-planar one."""
     cdef Py_ssize_t phase, a, b
     if nhwc:
         phase = item // Hs
         a = phase // sw
         b = phase % sw
-        _prep_nhwc_row(x, xs + item * Ws * C, item % Hs, H, W, C, a, b, sh, sw, pt, pl, Ws)
+        if planar:
+            _prep_nhwc_row_planar(x, xs + phase * C * Hs * Ws, item % Hs, H, W, C, a, b, sh,
+                                  sw, pt, pl, Hs, Ws)
+        else:
+            _prep_nhwc_row(x, xs + item * Ws * C, item % Hs, H, W, C, a, b, sh, sw, pt, pl,
+                           Ws)
     else:
         phase = item // C
         a = phase // sw
@@ -269,7 +313,7 @@ def conv2d_blocked(
     bint nhwc, Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top,
     Py_ssize_t pad_left, Py_ssize_t Hs, Py_ssize_t Ws, Py_ssize_t n_qblocks,
     Py_ssize_t q_chunk, bint prepared, bint relu, int n_threads, bint out_nhwc=False,
-    bint ch_nchw=False,
+    bint ch_nchw=False, bint planar=False,
 ):
     """Blocked direct convolution of a batch.
 
@@ -282,9 +326,11 @@ def conv2d_blocked(
     kernel, into an NHWC result (for few output channels, which the ch kernel would waste).
     ``ch_nchw`` (with ``nhwc`` False): an NCHW x, computed by the ch kernel, into an NCHW
     result (for small output planes, whose grid the pix kernel's pixel blocks would waste).
+    ``planar`` (with ``nhwc``): the NHWC x is prepared channel-planar, as an NCHW image would
+    be, and computed by the pix kernel into the NHWC result (few output channels again).
     """
     cdef bint out_last = nhwc or out_nhwc     # the result is channels-last
-    cdef bint ch = nhwc or ch_nchw            # the ch micro-kernel
+    cdef bint ch = (nhwc and not planar) or ch_nchw   # the ch micro-kernel
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t C = x.shape[3] if nhwc else x.shape[1]
     cdef Py_ssize_t H = x.shape[1] if nhwc else x.shape[2]
@@ -297,7 +343,7 @@ def conv2d_blocked(
     cdef Py_ssize_t phases = stride_h * stride_w
     cdef Py_ssize_t n_prep = phases * (Hs if nhwc else C)
     cdef Py_ssize_t image = H * W * C, out_image = OH * OW * C_out
-    cdef Py_ssize_t ps = C if nhwc else 1
+    cdef Py_ssize_t ps = C if ch and nhwc else 1
     cdef Py_ssize_t n_chunks = (n_qblocks + q_chunk - 1) // q_chunk
     cdef Py_ssize_t n, g, item, qc, tid, buf_len = xs_buf.shape[1]
     cdef bint per_thread = xs_buf.shape[0] >= n_threads and n_threads > 1
@@ -316,8 +362,8 @@ def conv2d_blocked(
                 tid = threadid()
                 xs = <floating*>(xp + n * image) if prepared else bufp + tid * buf_len
                 for item in range(0 if prepared else n_prep):
-                    _prep_item(xp + n * image, xs, item, nhwc, C, H, W, stride_h, stride_w,
-                               pad_top, pad_left, Hs, Ws)
+                    _prep_item(xp + n * image, xs, item, nhwc, planar, C, H, W, stride_h,
+                               stride_w, pad_top, pad_left, Hs, Ws)
                 for g in range(groups):
                     _blocks(xs, offp + g * K, wp + g * n_cb * K * wpack.shape[3], K,
                             0, n_qblocks,
@@ -329,8 +375,8 @@ def conv2d_blocked(
                 xs = <floating*>(xp + n * image) if prepared else bufp
                 for item in prange(0 if prepared else n_prep, schedule="static",
                                    num_threads=n_threads):
-                    _prep_item(xp + n * image, xs, item, nhwc, C, H, W, stride_h, stride_w,
-                               pad_top, pad_left, Hs, Ws)
+                    _prep_item(xp + n * image, xs, item, nhwc, planar, C, H, W, stride_h,
+                               stride_w, pad_top, pad_left, Hs, Ws)
                 for item in prange(groups * n_chunks, schedule="static",
                                    num_threads=n_threads):
                     g = item // n_chunks
@@ -398,7 +444,7 @@ def conv2d_planes(
                 rows = OH
                 n_qb = n_qblocks
                 for i in range(n_prep):
-                    _prep_item(xp + (n * C + g * cig) * H * W, xs, i, False, cig, H, W,
+                    _prep_item(xp + (n * C + g * cig) * H * W, xs, i, False, False, cig, H, W,
                                stride_h, stride_w, pad_top, pad_left, Hs, Ws)
             else:
                 # A band: output rows oh0 <= oh < oh0 + rows read padded rows oh0 onwards.
