@@ -71,91 +71,118 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
         }                                                                                      \
     }
 
-/* The first pixels of fc_store_channels_last in vectors, returning how many it stored: a
- * group of VLEN pixels of the tile's PIX_ROWS rows is transposed in registers, so that each
- * pixel's channels leave in one (masked) store instead of one store per value. With scalar
- * stores, putting LeNet conv1's 6-channel NHWC tiles in place took as long as computing them.
+/* The pixels of fc_store_channels_last in vectors, returning how many it stored (all of
+ * them, or none where there is no such code): a group of VLEN pixels of the tile's PIX_ROWS
+ * rows is transposed in registers, so that each pixel's channels leave in one (masked) store
+ * instead of one store per value. With scalar stores, putting LeNet conv1's 6-channel NHWC
+ * tiles in place took as long as computing them. A last group of fewer pixels is loaded
+ * with a lane mask (masked-off lanes are not read) and stores only its pixels: LeNet conv1
+ * rows are 28 pixels, a group of 16 and 12 that went one value at a time (NHWC batch 32, one
+ * thread, 215 against NCHW's 196 us before this).
  * float32 with AVX-512 (8 rows x 16 pixels) or AVX2 (4 rows x 8 pixels); elsewhere none.
  * Same arithmetic as the scalar loop: v + (bias or 0), then v <= 0 ? 0 : v (NaN kept). */
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && FC_PIX_ROWS == 8
-static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const float *tile,
-                                                 ptrdiff_t NR, ptrdiff_t n, ptrdiff_t rows,
-                                                 const float *bias, int relu) {
+/* One group: pixels i .. i + m of the tile (m <= 16); inlined, so m == 16 costs no tests. */
+static inline __attribute__((always_inline)) void fc_channels_last_group_f32(
+        float *dst, ptrdiff_t ds, const float *tile, ptrdiff_t NR, ptrdiff_t i, int m,
+        __mmask8 keep, const __m512 *b, int relu) {
     /* Lanes of the two vectors holding 4 channels of 4 pixels each (see below) that make
      * pixels (j, j + 4) and (j + 8, j + 12) with all 8 channels. */
     const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4,
                                            19, 18, 17, 16, 3, 2, 1, 0);
     const __m512i second = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12,
                                             27, 26, 25, 24, 11, 10, 9, 8);
-    const __mmask8 keep = (__mmask8)((1u << rows) - 1);
+    const __mmask16 lanes = (__mmask16)((1u << m) - 1);
     const __m512 zero = _mm512_setzero_ps();
-    __m512 v[8], b[8];
-    ptrdiff_t i;
+    __m512 v[8];
     int r, j;
-    for (r = 0; r < 8; r++) b[r] = _mm512_set1_ps(bias && r < rows ? bias[r] : 0.0f);
-    for (i = 0; i + 16 <= n; i += 16) {
-        for (r = 0; r < 8; r++) {
-            v[r] = _mm512_add_ps(_mm512_loadu_ps(tile + r * NR + i), b[r]);
-            if (relu) v[r] = _mm512_maskz_mov_ps(
-                (__mmask16)~_mm512_cmp_ps_mask(v[r], zero, _CMP_LE_OQ), v[r]);
-        }
-        FC_UNROLL for (j = 0; j < 4; j++) {   /* unrolled: the j tests below are constant */
-            /* Channels 0-3 (lo) and 4-7 (hi) of pixel 4 * lane + j, lane by lane. */
-            __m512 t0 = j < 2 ? _mm512_unpacklo_ps(v[0], v[1]) : _mm512_unpackhi_ps(v[0], v[1]);
-            __m512 t1 = j < 2 ? _mm512_unpacklo_ps(v[2], v[3]) : _mm512_unpackhi_ps(v[2], v[3]);
-            __m512 t2 = j < 2 ? _mm512_unpacklo_ps(v[4], v[5]) : _mm512_unpackhi_ps(v[4], v[5]);
-            __m512 t3 = j < 2 ? _mm512_unpacklo_ps(v[6], v[7]) : _mm512_unpackhi_ps(v[6], v[7]);
-            __m512d lo = j % 2 == 0
-                ? _mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1))
-                : _mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1));
-            __m512d hi = j % 2 == 0
-                ? _mm512_unpacklo_pd(_mm512_castps_pd(t2), _mm512_castps_pd(t3))
-                : _mm512_unpackhi_pd(_mm512_castps_pd(t2), _mm512_castps_pd(t3));
-            __m512 p0 = _mm512_permutex2var_ps(_mm512_castpd_ps(lo), first, _mm512_castpd_ps(hi));
-            __m512 p1 = _mm512_permutex2var_ps(_mm512_castpd_ps(lo), second,
-                                               _mm512_castpd_ps(hi));
-            float *d = dst + (i + j) * ds;
-            _mm256_mask_storeu_ps(d, keep, _mm512_castps512_ps256(p0));
-            _mm256_mask_storeu_ps(d + 4 * ds, keep, _mm512_extractf32x8_ps(p0, 1));
-            _mm256_mask_storeu_ps(d + 8 * ds, keep, _mm512_castps512_ps256(p1));
-            _mm256_mask_storeu_ps(d + 12 * ds, keep, _mm512_extractf32x8_ps(p1, 1));
-        }
+    for (r = 0; r < 8; r++) {
+        v[r] = _mm512_add_ps(m == 16 ? _mm512_loadu_ps(tile + r * NR + i)
+                                     : _mm512_maskz_loadu_ps(lanes, tile + r * NR + i), b[r]);
+        if (relu) v[r] = _mm512_maskz_mov_ps(
+            (__mmask16)~_mm512_cmp_ps_mask(v[r], zero, _CMP_LE_OQ), v[r]);
     }
-    return i;
+    FC_UNROLL for (j = 0; j < 4; j++) {   /* unrolled: the j tests below are constant */
+        /* Channels 0-3 (lo) and 4-7 (hi) of pixel 4 * lane + j, lane by lane. */
+        __m512 t0 = j < 2 ? _mm512_unpacklo_ps(v[0], v[1]) : _mm512_unpackhi_ps(v[0], v[1]);
+        __m512 t1 = j < 2 ? _mm512_unpacklo_ps(v[2], v[3]) : _mm512_unpackhi_ps(v[2], v[3]);
+        __m512 t2 = j < 2 ? _mm512_unpacklo_ps(v[4], v[5]) : _mm512_unpackhi_ps(v[4], v[5]);
+        __m512 t3 = j < 2 ? _mm512_unpacklo_ps(v[6], v[7]) : _mm512_unpackhi_ps(v[6], v[7]);
+        __m512d lo = j % 2 == 0
+            ? _mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1))
+            : _mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+        __m512d hi = j % 2 == 0
+            ? _mm512_unpacklo_pd(_mm512_castps_pd(t2), _mm512_castps_pd(t3))
+            : _mm512_unpackhi_pd(_mm512_castps_pd(t2), _mm512_castps_pd(t3));
+        __m512 p0 = _mm512_permutex2var_ps(_mm512_castpd_ps(lo), first, _mm512_castpd_ps(hi));
+        __m512 p1 = _mm512_permutex2var_ps(_mm512_castpd_ps(lo), second, _mm512_castpd_ps(hi));
+        float *d = dst + (i + j) * ds;
+        if (j < m) _mm256_mask_storeu_ps(d, keep, _mm512_castps512_ps256(p0));
+        if (j + 4 < m) _mm256_mask_storeu_ps(d + 4 * ds, keep, _mm512_extractf32x8_ps(p0, 1));
+        if (j + 8 < m) _mm256_mask_storeu_ps(d + 8 * ds, keep, _mm512_castps512_ps256(p1));
+        if (j + 12 < m) _mm256_mask_storeu_ps(d + 12 * ds, keep, _mm512_extractf32x8_ps(p1, 1));
+    }
+}
+
+static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const float *tile,
+                                                 ptrdiff_t NR, ptrdiff_t n, ptrdiff_t rows,
+                                                 const float *bias, int relu) {
+    const __mmask8 keep = (__mmask8)((1u << rows) - 1);
+    __m512 b[8];
+    ptrdiff_t i;
+    int r;
+    for (r = 0; r < 8; r++) b[r] = _mm512_set1_ps(bias && r < rows ? bias[r] : 0.0f);
+    for (i = 0; i + 16 <= n; i += 16)
+        fc_channels_last_group_f32(dst, ds, tile, NR, i, 16, keep, b, relu);
+    if (i < n) fc_channels_last_group_f32(dst, ds, tile, NR, i, (int)(n - i), keep, b, relu);
+    return n;
 }
 #elif defined(__AVX2__) && FC_PIX_ROWS == 4
+/* One group: pixels i .. i + m of the tile (m <= 8); inlined, so m == 8 costs no tests. */
+static inline __attribute__((always_inline)) void fc_channels_last_group_f32(
+        float *dst, ptrdiff_t ds, const float *tile, ptrdiff_t NR, ptrdiff_t i, int m,
+        ptrdiff_t rows, __m128i keep, const __m256 *b, int relu) {
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(m),
+                                             _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 v[4];
+    int r, j;
+    for (r = 0; r < 4; r++) {
+        v[r] = _mm256_add_ps(m == 8 ? _mm256_loadu_ps(tile + r * NR + i)
+                                    : _mm256_maskload_ps(tile + r * NR + i, lanes), b[r]);
+        if (relu) v[r] = _mm256_and_ps(v[r], _mm256_cmp_ps(v[r], zero, _CMP_NLE_UQ));
+    }
+    FC_UNROLL for (j = 0; j < 4; j++) {   /* unrolled: the j tests below are constant */
+        /* The 4 channels of pixel 4 * lane + j, lane by lane. */
+        __m256 t0 = j < 2 ? _mm256_unpacklo_ps(v[0], v[1]) : _mm256_unpackhi_ps(v[0], v[1]);
+        __m256 t1 = j < 2 ? _mm256_unpacklo_ps(v[2], v[3]) : _mm256_unpackhi_ps(v[2], v[3]);
+        __m256 p = _mm256_castpd_ps(
+            j % 2 == 0 ? _mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t1))
+                       : _mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t1)));
+        float *d = dst + (i + j) * ds;
+        if (rows == 4) {
+            if (j < m) _mm_storeu_ps(d, _mm256_castps256_ps128(p));
+            if (j + 4 < m) _mm_storeu_ps(d + 4 * ds, _mm256_extractf128_ps(p, 1));
+        } else {
+            if (j < m) _mm_maskstore_ps(d, keep, _mm256_castps256_ps128(p));
+            if (j + 4 < m) _mm_maskstore_ps(d + 4 * ds, keep, _mm256_extractf128_ps(p, 1));
+        }
+    }
+}
+
 static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const float *tile,
                                                  ptrdiff_t NR, ptrdiff_t n, ptrdiff_t rows,
                                                  const float *bias, int relu) {
     const __m128i keep = _mm_cmplt_epi32(_mm_set_epi32(3, 2, 1, 0), _mm_set1_epi32((int)rows));
-    const __m256 zero = _mm256_setzero_ps();
-    __m256 v[4], b[4];
+    __m256 b[4];
     ptrdiff_t i;
-    int r, j;
+    int r;
     for (r = 0; r < 4; r++) b[r] = _mm256_set1_ps(bias && r < rows ? bias[r] : 0.0f);
-    for (i = 0; i + 8 <= n; i += 8) {
-        for (r = 0; r < 4; r++) {
-            v[r] = _mm256_add_ps(_mm256_loadu_ps(tile + r * NR + i), b[r]);
-            if (relu) v[r] = _mm256_and_ps(v[r], _mm256_cmp_ps(v[r], zero, _CMP_NLE_UQ));
-        }
-        FC_UNROLL for (j = 0; j < 4; j++) {   /* unrolled: the j tests below are constant */
-            /* The 4 channels of pixel 4 * lane + j, lane by lane. */
-            __m256 t0 = j < 2 ? _mm256_unpacklo_ps(v[0], v[1]) : _mm256_unpackhi_ps(v[0], v[1]);
-            __m256 t1 = j < 2 ? _mm256_unpacklo_ps(v[2], v[3]) : _mm256_unpackhi_ps(v[2], v[3]);
-            __m256 p = _mm256_castpd_ps(
-                j % 2 == 0 ? _mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t1))
-                           : _mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t1)));
-            float *d = dst + (i + j) * ds;
-            if (rows == 4) {
-                _mm_storeu_ps(d, _mm256_castps256_ps128(p));
-                _mm_storeu_ps(d + 4 * ds, _mm256_extractf128_ps(p, 1));
-            } else {
-                _mm_maskstore_ps(d, keep, _mm256_castps256_ps128(p));
-                _mm_maskstore_ps(d + 4 * ds, keep, _mm256_extractf128_ps(p, 1));
-            }
-        }
-    }
-    return i;
+    for (i = 0; i + 8 <= n; i += 8)
+        fc_channels_last_group_f32(dst, ds, tile, NR, i, 8, rows, keep, b, relu);
+    if (i < n)
+        fc_channels_last_group_f32(dst, ds, tile, NR, i, (int)(n - i), rows, keep, b, relu);
+    return n;
 }
 #else
 static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const float *tile,
