@@ -246,7 +246,8 @@ directives = {
     "embedsignature": True,
 }
 
-C_HEADERS = ["_simd.h", "_blocked.h", "_plane_rows.h", "_pool.h", "_bufpool.h", "_stream.h"]
+C_HEADERS = ["_simd.h", "_blocked.h", "_plane_rows.h", "_pool.h", "_bufpool.h", "_stream.h",
+             "_peak.h"]
 
 
 def kernel_extension(name, source):

@@ -8,8 +8,10 @@ What a run does:
 
 1. Measures the machine's ceilings: copy bandwidth (``np.copyto`` of a 256 MiB array, read +
    write bytes), NumPy's sgemm GFLOP/s on 2048x2048 float32 (and dgemm when float64 rows are
-   asked for). No FMA peak is measured: "% peak" is relative to the sgemm (for float64:
-   dgemm) figure, labelled as such, unless ``--peak-gflops`` gives one.
+   asked for), and the FMA peak per dtype: a multiply-add loop compiled into fastconv's
+   dispatched kernels (their vector width, 12 independent accumulators, see
+   ``_kernels/_peak.h``) on the run's threads. "% peak" is relative to the FMA peak unless
+   ``--peak-gflops`` gives one.
 2. Runs every case of the selected sections (:data:`SECTIONS`): each implementation is first
    checked against :mod:`fastconv.reference` (tolerances scaled by the reduction length, see
    :func:`tolerance`), then timed: one warm-up call (the checked one), then at least
@@ -60,7 +62,7 @@ DESCRIPTION = (
     "the backward ops, in both layouts, against the NumPy reference and PyTorch (same thread "
     "count). Every result is checked against fastconv.reference before it is timed; the exit "
     "status is 1 if any check fails. Prints measured machine ceilings (copy bandwidth, NumPy "
-    "sgemm) and, per row, the median time, GFLOP/s or GB/s, the percentage of the ceiling and "
+    "sgemm, the FMA peak of fastconv's kernels) and, per row, the median time, GFLOP/s or GB/s, the percentage of the ceiling and "
     "the speed ratios. Progress goes to stderr. The default suite takes a few minutes on 2 "
     "cores; --quick takes seconds."
 )
@@ -141,6 +143,9 @@ VERIFY_BATCH = 2
 # Machine ceilings: (copy MiB, GEMM size, timed runs) normally and with --quick.
 CEILING_SIZES = (256, 2048, 5)
 QUICK_CEILING_SIZES = (16, 512, 3)
+# Seconds of each timed run of the FMA peak loop, normally and with --quick.
+FMA_RUN_SECONDS = 0.05
+QUICK_FMA_RUN_SECONDS = 0.01
 
 # Pass when |got - want| <= tol * max(1, max|want|) + tol * |want| elementwise, with
 # tol = TOL_FACTOR * eps(dtype) * sqrt(reduction length): the rounding error of two summation
@@ -299,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{QUICK_MIN_TIME})")
     parser.add_argument("--peak-gflops", type=_positive(float), default=None, metavar="GFLOPS",
                         help="float32 peak for the %%peak column (float64: half of it) instead "
-                             "of the measured NumPy sgemm figure")
+                             "of the measured FMA peak")
     parser.add_argument("--quick", action="store_true",
                         help=f"a small subset in a few seconds: layers {', '.join(QUICK_LAYERS)}, "
                              f"batch 1, pooling/ReLU on (1, {_suite.QUICK_FEATURE_MAP[0]}, "
@@ -603,13 +608,44 @@ def measure_gemm(dtype: str = "float32", n: int = 2048, runs: int = 5) -> Dict[s
             "what": f"NumPy {name}: {dtype} {n}x{n} @ {n}x{n}, NumPy's BLAS threads"}
 
 
+def measure_fma_peak(dtype: str = "float32", threads: int = 1, runs: int = 5,
+                     seconds: float = FMA_RUN_SECONDS) -> Dict[str, Any]:
+    """GFLOP/s of the multiply-add loop in fastconv's dispatched kernels (``_peak.h``: the
+    level's vector width, 12 independent accumulators) on ``threads`` threads: the most a
+    kernel of that build can compute. Iterations are scaled so that a run takes about
+    ``seconds``; the median of ``runs`` runs."""
+    from . import _isa
+
+    blocked = _isa.kernel_module("_blocked")
+    float64 = np.dtype(dtype) == np.float64
+    iters = 1000
+    while True:   # calibrate: a run long enough to time, then scale to `seconds`
+        start = time.perf_counter()
+        blocked.peak_loop(iters, threads, float64)
+        took = time.perf_counter() - start
+        if took >= seconds / 8:
+            break
+        iters *= 8
+    iters = max(1, int(iters * seconds / took))
+    flops = blocked.peak_loop(iters, threads, float64)   # also the warm-up
+    elapsed = statistics.median(time_calls(lambda: blocked.peak_loop(iters, threads, float64),
+                                           runs, 0.0))
+    return {"gflops": gflops(flops, elapsed), "threads": threads, "level": _isa.LEVEL,
+            "median_s": elapsed,
+            "what": f"multiply-add loop of the {_isa.LEVEL} kernels ({dtype}), {threads} "
+                    f"thread{'s' if threads != 1 else ''}"}
+
+
 def measure_ceilings(plan: Plan) -> Dict[str, Any]:
-    """Copy bandwidth, NumPy GEMM per dtype, and the peak each dtype's "% peak" uses."""
+    """Copy bandwidth, NumPy GEMM and the FMA peak per dtype, and the peak each dtype's
+    "% peak" uses."""
     mib, n, runs = plan.ceiling_sizes
     ceilings: Dict[str, Any] = {"copy": measure_copy_bandwidth(mib, runs), "gemm": {},
-                                "peak_gflops": {}, "peak_source": {}}
+                                "fma": {}, "peak_gflops": {}, "peak_source": {}}
+    fma_seconds = QUICK_FMA_RUN_SECONDS if plan.quick else FMA_RUN_SECONDS
     for dtype in plan.dtypes:
         ceilings["gemm"][dtype] = measure_gemm(dtype, n, runs)
+        ceilings["fma"][dtype] = measure_fma_peak(dtype, plan.threads, runs, fma_seconds)
     for dtype in plan.dtypes:
         if plan.peak_gflops is not None:
             scale = 1.0 if dtype == "float32" else 0.5
@@ -617,9 +653,9 @@ def measure_ceilings(plan: Plan) -> Dict[str, Any]:
             ceilings["peak_source"][dtype] = ("--peak-gflops" if scale == 1.0
                                               else "--peak-gflops / 2")
             continue
-        ceilings["peak_gflops"][dtype] = ceilings["gemm"][dtype]["gflops"]
-        ceilings["peak_source"][dtype] = (
-            f"NumPy {'sgemm' if dtype == 'float32' else 'dgemm'} (measured; not an FMA peak)")
+        fma = ceilings["fma"][dtype]
+        ceilings["peak_gflops"][dtype] = fma["gflops"]
+        ceilings["peak_source"][dtype] = f"FMA peak (measured: {fma['what']})"
     return ceilings
 
 
@@ -1623,6 +1659,8 @@ def ceiling_lines(ceilings: Dict[str, Any]) -> List[str]:
     for dtype, gemm in ceilings["gemm"].items():
         name = "sgemm" if dtype == "float32" else "dgemm"
         lines.append(f"  {name:<14}  {fmt_rate(gemm['gflops']):>6} GFLOP/s  {gemm['what']}")
+    for dtype, fma in ceilings.get("fma", {}).items():
+        lines.append(f"  FMA {dtype:<10}  {fmt_rate(fma['gflops']):>6} GFLOP/s  {fma['what']}")
     for dtype, peak in ceilings["peak_gflops"].items():
         lines.append(f"  peak {dtype:<9}  {fmt_rate(peak):>6} GFLOP/s  %peak is relative to "
                      f"this: {ceilings['peak_source'][dtype]}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import _bench, _suite
+from fastconv import _bench, _isa, _suite
 from fastconv.__main__ import build_parser, main
 
 from _helpers import HAVE_TORCH, TORCH_REASON
@@ -326,14 +326,33 @@ def test_a_wrong_result_fails_loudly(tmp_path, capsys, monkeypatch):
     assert out.count(f"note: {_bench.REFERENCE_NOT_TIMED}") == 1
 
 
-def test_peak_is_the_measured_gemm_unless_given():
+@pytest.mark.parametrize("float64", [False, True])
+def test_fma_peak_loop_counts_its_operations(float64):
+    """The FMA ceiling's loop (one per build level) reports two operations per multiply-add:
+    vector lanes x 12 accumulators x rounds x threads, and refuses a negative count."""
+    blocked = _isa.kernel_module("_blocked")
+    lanes = blocked.block_sizes(8 if float64 else 4)["vector"]
+    for iters, threads in ((0, 1), (1, 1), (1000, 2), (7, 3)):
+        assert blocked.peak_loop(iters, threads, float64) == 2 * lanes * 12 * iters * threads
+    with pytest.raises(ValueError, match="iters"):
+        blocked.peak_loop(-1, 1)
+    with pytest.raises(ValueError, match="n_threads"):
+        blocked.peak_loop(1, 0)
+
+
+def test_peak_is_the_measured_fma_loop_unless_given():
     plan = _bench.make_plan(parse("--quick", "--dtype", "float32,float64"), default_threads=1)
     ceilings = _bench.measure_ceilings(plan)
-    for dtype, name in (("float32", "sgemm"), ("float64", "dgemm")):
-        assert ceilings["peak_gflops"][dtype] == ceilings["gemm"][dtype]["gflops"] > 0
-        assert ceilings["peak_source"][dtype] == f"NumPy {name} (measured; not an FMA peak)"
+    for dtype in ("float32", "float64"):
+        fma = ceilings["fma"][dtype]
+        assert ceilings["peak_gflops"][dtype] == fma["gflops"] > 0
+        assert fma["threads"] == 1 and fma["level"] == _isa.LEVEL
+        assert ceilings["peak_source"][dtype] == f"FMA peak (measured: {fma['what']})"
+        assert ceilings["gemm"][dtype]["gflops"] > 0
     text = "\n".join(_bench.ceiling_lines(ceilings))
-    assert "%peak is relative to this: NumPy sgemm (measured; not an FMA peak)" in text
+    assert (f"%peak is relative to this: FMA peak (measured: multiply-add loop of the "
+            f"{_isa.LEVEL} kernels (float32), 1 thread)") in text
+    assert "sgemm" in text and "dgemm" in text
     given = _bench.measure_ceilings(dataclasses.replace(plan, peak_gflops=100.0))
     assert given["peak_gflops"] == {"float32": 100.0, "float64": 50.0}
     assert given["peak_source"] == {"float32": "--peak-gflops", "float64": "--peak-gflops / 2"}

@@ -94,6 +94,34 @@ cdef extern from "_plane_rows.h" nogil:
                            Py_ssize_t oh0, Py_ssize_t oh1, double bias, int relu)
 
 
+cdef extern from "_peak.h" nogil:
+    double fc_peak_madds_f32(long iters)
+    double fc_peak_madds_f64(long iters)
+    double fc_peak_loop_f32(long iters, float m)
+    double fc_peak_loop_f64(long iters, double m)
+
+
+def peak_loop(long iters, int n_threads, bint float64=False):
+    """Run the multiply-add loop of ``_peak.h`` (this build's vector width, 12 independent
+    accumulators) for ``iters`` rounds on each of ``n_threads`` threads of one OpenMP team,
+    as the kernels run. Returns the floating-point operations done (two per multiply-add);
+    the caller times the call (``python -m fastconv bench``: the FMA peak ceiling)."""
+    cdef int t
+    cdef double sink = 0
+    if iters < 0 or n_threads < 1:
+        raise ValueError(f"peak_loop: iters ({iters}) must be >= 0 and n_threads "
+                         f"({n_threads}) >= 1")
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            if float64:
+                sink += fc_peak_loop_f64(iters, 0.999999)
+            else:
+                sink += fc_peak_loop_f32(iters, 0.999999)
+    if sink != sink:   # the sums are finite; this also keeps them computed
+        raise FloatingPointError("peak_loop: the multiply-add loop gave NaN")
+    return 2.0 * n_threads * (fc_peak_madds_f64(iters) if float64 else fc_peak_madds_f32(iters))
+
+
 def plane_rows_native():
     """Whether this build level has the masked loads that :func:`conv2d_plane_rows` is
     written for (AVX2, AVX-512); elsewhere it works lane by lane and is slower than
@@ -105,9 +133,9 @@ def block_sizes(Py_ssize_t itemsize):
     """Block sizes of this build for float32 (itemsize 4) or float64 (8), as a dict:
     ``pix_rows`` output channels x ``pix_pixels`` pixels (NCHW), ``ch_pixels`` pixels x
     ``ch_cols`` output channels (NHWC), ``plane_pixels`` pixels of one output channel
-    (:func:`conv2d_planes`)."""
+    (:func:`conv2d_planes`), and ``vector``, the elements of one vector."""
     cdef Py_ssize_t vlen = fc_vec_len_f32() if itemsize == 4 else fc_vec_len_f64()
-    return {"pix_rows": fc_pix_rows(), "pix_pixels": fc_pix_vecs() * vlen,
+    return {"vector": vlen, "pix_rows": fc_pix_rows(), "pix_pixels": fc_pix_vecs() * vlen,
             "ch_pixels": fc_ch_rows(), "ch_cols": fc_ch_vecs() * vlen,
             "plane_pixels": fc_plane_vecs() * vlen}
 
