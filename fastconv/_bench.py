@@ -10,8 +10,8 @@ What a run does:
    write bytes), NumPy's sgemm GFLOP/s on 2048x2048 float32 (and dgemm when float64 rows are
    asked for), and the FMA peak per dtype: a multiply-add loop compiled into fastconv's
    dispatched kernels (their vector width, 12 independent accumulators, see
-   ``_kernels/_peak.h``) on the run's threads, fastest of 5 runs. "% peak" is relative to the
-   FMA peak unless ``--peak-gflops`` gives one.
+   ``_kernels/_peak.h``) on the run's threads, fastest of 5 runs (3 with ``--quick``). "% peak"
+   is relative to the FMA peak unless ``--peak-gflops`` gives one.
 2. Runs every case of the selected sections (:data:`SECTIONS`): each implementation is first
    checked against :mod:`fastconv.reference` (tolerances scaled by the reduction length, see
    :func:`tolerance`), then timed: one warm-up call (the checked one), then at least
@@ -62,7 +62,8 @@ DESCRIPTION = (
     "the backward ops, in both layouts, against the NumPy reference and PyTorch (same thread "
     "count). Every result is checked against fastconv.reference before it is timed; the exit "
     "status is 1 if any check fails. Prints measured machine ceilings (copy bandwidth, NumPy "
-    "sgemm, the FMA peak of fastconv's kernels) and, per row, the median time, GFLOP/s or GB/s, the percentage of the ceiling and "
+    "sgemm, the FMA peak of fastconv's kernels) and, per row, the median time, GFLOP/s or "
+    "GB/s, the percentage of the ceiling and "
     "the speed ratios. Progress goes to stderr. The default suite takes a few minutes on 2 "
     "cores; --quick takes seconds."
 )
@@ -617,6 +618,8 @@ def measure_fma_peak(dtype: str = "float32", threads: int = 1, runs: int = 5,
     slows a run down, and the loop touches no memory that could make one faster)."""
     from . import _isa
 
+    if not seconds > 0:
+        raise ValueError(f"measure_fma_peak: seconds must be > 0, got {seconds}")
     blocked = _isa.kernel_module("_blocked")
     float64 = np.dtype(dtype) == np.float64
     iters = 1000
@@ -628,7 +631,7 @@ def measure_fma_peak(dtype: str = "float32", threads: int = 1, runs: int = 5,
             break
         iters *= 8
     iters = max(1, int(iters * seconds / took))
-    flops = blocked.peak_loop(iters, threads, float64)   # also the warm-up
+    flops, _ = blocked.peak_loop(iters, threads, float64)   # also the warm-up
     elapsed = min(time_calls(lambda: blocked.peak_loop(iters, threads, float64), runs, 0.0))
     return {"gflops": gflops(flops, elapsed), "threads": threads, "level": _isa.LEVEL,
             "fastest_s": elapsed,

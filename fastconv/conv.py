@@ -229,12 +229,13 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
     NCHW ones with at least a pixel block of outputs per image, where the blocked kernel on
     one thread wins (LeNet at batch 1: conv1 17 against 21 us, conv2 19 against 25; 32->32
     8x8: 28 against 37; but 64->64 4x4, 16 pixels: 63 against 38), and NHWC ones with more
-    than half a channel block of outputs and at least 81 output pixels per image, or fewer
-    outputs that the pix kernel takes and four of its pixel blocks per image (2-core
+    than half a channel block of outputs and at least 81 output pixels per image (2-core
     AVX2 machine, where LeNet conv2 fills the 16-channel block, direct against im2col:
     batch 1 42 against 62 us, batch 8 99 against 533; float32 16->16 14x14 54 against 89,
     16->24 10x10 35 against 49; float64 8->8 9x9 batch 2 48 against 70; but 32->64 7x7 82
-    against 80, 64->64 4x4 98 against 79, and float64 16->16 8x8 63 against 50).
+    against 80, 64->64 4x4 98 against 79, and float64 16->16 8x8 63 against 50), or with
+    fewer outputs that the pix kernel takes and four of its pixel blocks per image (see
+    _small_call_runs_blocked).
     """
     if not _uses_blocked(args):
         return _gemm_or_loops(args)
@@ -255,9 +256,11 @@ def _small_call_runs_blocked(args: _validate.ConvArgs) -> bool:
     than half used and at least AUTO_SMALL_NHWC_MIN_PIXELS outputs per image, or with fewer
     outputs that the pix kernel takes and AUTO_SMALL_NHWC_PIX_BLOCKS of its pixel blocks
     per image (batch 1 unless said, direct against im2col us: AVX-512, 8->8 16x16 3x3, 256
-    pixels, 17.1 / 21.8; 16->16 14x14, 196, 26.5 / 25.7; but LeNet conv2, 100, 21.1 / 20.1,
-    16->16 8x8 batch 4 38.9 / 29.7, 32->16 7x7 26.6 / 18.8; AVX2, from 96 pixels: 6->8
-    14x14 5x5 16.4 / 18.3, 16->8 14x14 20.2 / 22.7; but 16->8 8x8 batch 4 30.0 / 26.1)."""
+    pixels, 17.1 / 21.8; 16->16 14x14, 196, even at 26.5 / 25.7; but LeNet conv2, 100, 21.1
+    / 20.1, 16->16 8x8 batch 4 38.9 / 29.7, 32->16 7x7 26.6 / 18.8; AVX2, from 96 pixels:
+    6->8 14x14 5x5 16.4 / 18.3, 16->8 14x14 20.2 / 22.7; but 16->8 8x8 batch 4 30.0 /
+    26.1). One-channel images count too (they had followed the older rule): 1->8 28x28 7x7
+    19.8 / 65.8, 1->8 16x16 7x7 15.2 / 35.3, 1->16 14x14 7x7 17.2 / 30.6 (AVX2 alike)."""
     g = args.geometry
     pix_pixels = _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]
     if args.layout == "NCHW":
@@ -443,7 +446,9 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     buffer (one per thread when the batch is shared out by image); the micro-kernels then read
     every tap at a fixed offset and keep a block of outputs in registers over the whole
     reduction. Padding zeros are real, so an inf or NaN weight meets them as in PyTorch.
-    An NHWC 1x1 convolution without stride or padding reads x in place.
+    An NHWC 1x1 convolution without stride or padding reads x in place. NHWC layers that
+    run the pix kernel (few outputs, see _pix_for_nhwc) have their images prepared
+    channel-planar, as NCHW ones (one-channel images need no reordering).
     """
     g = args.geometry
     if g.n == 0 or g.out_pixels == 0:
@@ -748,7 +753,10 @@ def _pix_for_nhwc(args: _validate.ConvArgs) -> bool:
     (8 outputs, a 16-channel block): 1.2-1.5x, LeNet conv2 even. Not with stride 2 (the
     image prepared in four phases: AVX-512 even, 64->16 56x56 batch 4 627 / 542-675; AVX2
     0.49-0.69x) nor for 1x1 kernels (no taps to share the prepared image; 64->16 56x56
-    stride 2 0.67x, 256->16 14x14 batch 32 0.89x; AVX2 0.59-0.64x)."""
+    stride 2 0.67x, 256->16 14x14 batch 32 0.89x; AVX2 0.59-0.64x). The outputs are counted
+    per group, so grouped layers with few outputs per group go this way too: 3x3, ch / pix
+    time 2.2-3.1 on AVX-512 (32->128 in 32 groups 56x56 batch 8 4262 / 1458 us; 64->16 in 2
+    groups 4328 / 1436; 32->32 in 4 groups 28x28 batch 4 332 / 149), 1.2-2.9 on AVX2."""
     if not _few_nhwc_outputs(args):
         return False
     g = args.geometry

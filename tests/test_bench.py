@@ -333,7 +333,17 @@ def test_fma_peak_loop_counts_its_operations(float64):
     blocked = _isa.kernel_module("_blocked")
     lanes = blocked.block_sizes(8 if float64 else 4)["vector"]
     for iters, threads in ((0, 1), (1, 1), (1000, 2), (7, 3)):
-        assert blocked.peak_loop(iters, threads, float64) == 2 * lanes * 12 * iters * threads
+        flops, _ = blocked.peak_loop(iters, threads, float64)
+        assert flops == 2 * lanes * 12 * iters * threads
+    # The loop really runs its rounds: accumulator i starts at i and becomes i * m + c each
+    # round (m = 0.999999, c = 1e-7), so after n rounds i * m**n + c * (1 - m**n) / (1 - m);
+    # 100000 rounds take 10% off the sum (float32 rounding over them stays far below that).
+    dtype = np.float64 if float64 else np.float32
+    m, c = float(dtype(0.999999)), float(dtype(1e-7))
+    for iters, threads in ((0, 1), (1, 2), (100_000, 2)):
+        _, total = blocked.peak_loop(iters, threads, float64)
+        expected = sum(i * m ** iters + c * (1 - m ** iters) / (1 - m) for i in range(12))
+        np.testing.assert_allclose(total, expected * lanes * threads, rtol=2e-3)
     with pytest.raises(ValueError, match="iters"):
         blocked.peak_loop(-1, 1)
     with pytest.raises(ValueError, match="n_threads"):

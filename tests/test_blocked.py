@@ -862,7 +862,8 @@ def test_single_channel_nhwc_few_outputs_use_the_pix_kernel(dtype, extra):
     dict(padding=2), dict(padding=0, activation="relu"), dict(dilation=2, padding="same"),
     dict(padding=((0, 2), (1, 0)), activation="relu"), dict(padding=1, groups=2),
 ], ids=["p2", "p0-relu", "d2-same", "asym-relu", "groups2"])
-def test_nhwc_few_outputs_run_the_pix_kernel_on_a_channel_planar_copy(dtype, extra):
+def test_nhwc_few_outputs_run_the_pix_kernel_on_a_channel_planar_copy(dtype, extra,
+                                                                       monkeypatch):
     """NHWC layers of several channels with at most half a channel block of outputs, stride 1
     and a kernel larger than 1x1 prepare each image channel-planar (as an NCHW image) and run
     the pix kernel into the NHWC result: the same sums in the same order as the NCHW layer
@@ -872,14 +873,24 @@ def test_nhwc_few_outputs_run_the_pix_kernel_on_a_channel_planar_copy(dtype, ext
     groups = extra.get("groups", 1)
     half = block_sizes(dtype)["ch_cols"] // 2
     rows = block_sizes(dtype)["pix_rows"]
-    if half < conv_module.BLOCKED_MIN_CHANNELS["NHWC"]:
+    if half < groups * conv_module.BLOCKED_MIN_CHANNELS["NHWC"]:
         pytest.skip(f"a half channel block ({half}) is under the blocked kernel's minimum "
-                    "output count at this level and dtype: no layer takes this path")
+                    f"output count per group times {groups} groups at this level and dtype: "
+                    "no such layer takes this path")
+    planar_calls = []
+    kernel = conv_module._blocked.conv2d_blocked
+
+    def recording(*args):   # conv2d_blocked's last argument: the planar preparation
+        planar_calls.append(args[-1])
+        return kernel(*args)
+
+    monkeypatch.setattr(conv_module._blocked, "conv2d_blocked", recording)
     bit_checks = 0
     for c_in in (2, 3, 6, 18):
         for c_out in sorted({4, rows - 1, rows, rows + 1, half}):
-            if not 4 <= c_out <= half or c_in % groups or c_out % groups:
-                continue
+            if (not 4 <= c_out <= half or c_in % groups or c_out % groups
+                    or c_out // groups < conv_module.BLOCKED_MIN_CHANNELS["NHWC"]):
+                continue   # not a blocked layer with few outputs
             for n, h, w in ((4, 9, 23), (1, 17, 61)):
                 x, wt, b = problem("NHWC", dtype, n, c_in, h, w, c_out, (3, 5), groups,
                                    seed=c_in * 100 + c_out)
@@ -889,7 +900,9 @@ def test_nhwc_few_outputs_run_the_pix_kernel_on_a_channel_planar_copy(dtype, ext
                 args = _validate.conv_args(x, wt, b, 1, kw["padding"], kw["dilation"], groups,
                                            "NHWC", kw["activation"], "test")
                 assert conv_module._pix_for_nhwc(args)
+                planar_calls.clear()
                 got = fastconv.conv2d(x, wt, b, layout="NHWC", algorithm="direct", **kw)
+                assert planar_calls == [True]
                 want = reference.conv2d(x, wt, b, layout="NHWC", **kw)
                 err = f"c_in={c_in} c_out={c_out} n={n} {extra}"
                 assert_close(got, want, dtype, c_in // groups * 15, err_msg=err)
@@ -924,9 +937,12 @@ def test_nhwc_few_outputs_keep_the_ch_kernel_for_stride_and_1x1():
     assert not pix(8, (1, 1), 1, padding=0)
     assert not pix(8, (1, 1), 2, padding=0)
     assert pix(1, (3, 3), 2) and pix(1, (1, 1), 1, padding=0)
-    x, wt, b = problem("NHWC", np.float32, 4, 8, 12, 12, few, (1, 1))
-    assert_close(fastconv.conv2d(x, wt, b, 2, layout="NHWC", algorithm="direct"),
-                 reference.conv2d(x, wt, b, 2, layout="NHWC"), np.float32, 8)
+    for kernel, stride, padding in (((1, 1), 2, 0), ((3, 3), (1, 2), 1)):
+        x, wt, b = problem("NHWC", np.float32, 4, 8, 12, 12, few, kernel)
+        assert_close(fastconv.conv2d(x, wt, b, stride, padding, layout="NHWC",
+                                     algorithm="direct"),
+                     reference.conv2d(x, wt, b, stride, padding, layout="NHWC"), np.float32,
+                     8 * kernel[0] * kernel[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

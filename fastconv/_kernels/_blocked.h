@@ -82,7 +82,8 @@ static inline ptrdiff_t fc_plane_vecs(void) { return FC_PLANE_VECS; }
  * float32 with AVX-512 (8 rows x 16 pixels) or AVX2 (4 rows x 8 pixels); elsewhere none.
  * Same arithmetic as the scalar loop: v + (bias or 0), then v <= 0 ? 0 : v (NaN kept). */
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && FC_PIX_ROWS == 8
-/* One group: pixels i .. i + m of the tile (m <= 16); inlined, so m == 16 costs no tests. */
+/* One group: pixels i to i + m - 1 of the tile (m <= 16); inlined, so m == 16 costs no
+ * tests. */
 static inline __attribute__((always_inline)) void fc_channels_last_group_f32(
         float *dst, ptrdiff_t ds, const float *tile, ptrdiff_t NR, ptrdiff_t i, int m,
         __mmask8 keep, const __m512 *b, int relu) {
@@ -138,7 +139,8 @@ static inline ptrdiff_t fc_channels_last_vec_f32(float *dst, ptrdiff_t ds, const
     return n;
 }
 #elif defined(__AVX2__) && FC_PIX_ROWS == 4
-/* One group: pixels i .. i + m of the tile (m <= 8); inlined, so m == 8 costs no tests. */
+/* One group: pixels i to i + m - 1 of the tile (m <= 8); inlined, so m == 8 costs no
+ * tests. */
 static inline __attribute__((always_inline)) void fc_channels_last_group_f32(
         float *dst, ptrdiff_t ds, const float *tile, ptrdiff_t NR, ptrdiff_t i, int m,
         ptrdiff_t rows, __m128i keep, const __m256 *b, int relu) {
@@ -202,8 +204,8 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
 /* The tile of the pix kernel into an NHWC result: n pixels (tile columns, NR apart per
  * row) x rows output channels, pixel i at dst + i * ds, its channels adjacent (so each pixel's
  * stores are contiguous); bias: one per row, or NULL. Then ReLU. A tile of FC_PIX_ROWS rows
- * (full_tile; fc_channels_last_vec reads all of them) sends whole vectors of pixels through
- * fc_channels_last_vec, the rest goes one value at a time. */
+ * (full_tile; fc_channels_last_vec reads all of them) goes through fc_channels_last_vec
+ * (every pixel, for float32 on AVX2 and AVX-512); what that leaves goes one value at a time. */
 #define FC_DEFINE_STORE_CHANNELS_LAST(T, SUF)                                                  \
     static inline void fc_store_channels_last_##SUF(T *dst, ptrdiff_t ds, const T *tile,      \
                                                     ptrdiff_t NR, ptrdiff_t n,                 \
