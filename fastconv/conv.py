@@ -6,7 +6,8 @@ import dataclasses
 import functools
 import math
 import threading
-from typing import Iterable, Literal, Optional, Tuple
+import types
+from typing import Iterable, Literal, Mapping, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -210,6 +211,14 @@ def conv2d(
     return _validate.deliver(args.restore(target4), out)
 
 
+@functools.lru_cache(maxsize=None)
+def _block_sizes(itemsize: int) -> Mapping[str, int]:
+    """The kernel build's block sizes for this item size (``_blocked.block_sizes``), read-only
+    and cached: building the dict costs about 0.2 us, and a small call asked for it several
+    times."""
+    return types.MappingProxyType(_blocked.block_sizes(itemsize))
+
+
 def choose_algorithm(args: _validate.ConvArgs) -> str:
     """The forward ``"auto"`` heuristic (see :func:`conv2d`).
 
@@ -262,7 +271,7 @@ def _small_call_runs_blocked(args: _validate.ConvArgs) -> bool:
     26.1). One-channel images count too (they had followed the older rule): 1->8 28x28 7x7
     19.8 / 65.8, 1->8 16x16 7x7 15.2 / 35.3, 1->16 14x14 7x7 17.2 / 30.6 (AVX2 alike)."""
     g = args.geometry
-    pix_pixels = _blocked.block_sizes(args.dtype.itemsize)["pix_pixels"]
+    pix_pixels = _block_sizes(args.dtype.itemsize)["pix_pixels"]
     if args.layout == "NCHW":
         return g.out_pixels >= pix_pixels
     if _pix_for_nhwc(args):
@@ -287,7 +296,7 @@ def _few_nhwc_outputs(args: _validate.ConvArgs) -> bool:
     the ch kernel would leave most of its lanes idle."""
     cog = args.c_out // args.groups
     return (args.layout == "NHWC"
-            and 2 * cog <= _blocked.block_sizes(args.dtype.itemsize)["ch_cols"])
+            and 2 * cog <= _block_sizes(args.dtype.itemsize)["ch_cols"])
 
 
 def _is_nhwc_depthwise(args: _validate.ConvArgs) -> bool:
@@ -366,7 +375,7 @@ def _blocked_plan_for(g: _validate.Geometry, groups: int, c_out: int, layout: st
     nhwc = layout == "NHWC"
     cig, cog = g.c // groups, c_out // groups
     hs, ws = _prepared_grid(g)
-    sizes = _blocked.block_sizes(itemsize)
+    sizes = _block_sizes(itemsize)
     group_base = np.arange(groups) * (cig if nhwc else cig * hs * ws)
     if ch:
         block, q_block = sizes["ch_cols"], sizes["ch_pixels"]
@@ -556,7 +565,7 @@ def _planes_plan(g: _validate.Geometry, groups: int, itemsize: int, band_rows: i
     cig = g.c // groups
     hs, ws = _prepared_grid(g)
     off = _tap_offsets(g, cig, cig, False)
-    q_block = _blocked.block_sizes(itemsize)["plane_pixels"]
+    q_block = _block_sizes(itemsize)["plane_pixels"]
     n_qblocks = -(-(band_rows * ws) // q_block)
     if band_rows < g.out_h:   # the band's rows and the kernel's reach below them
         prepared = (band_rows + (g.kernel_h - 1) * g.dilation_h) * ws
@@ -642,7 +651,7 @@ def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: 
     as one column of pixels (a (pixels, C_in) x (C_in, C_out) product)."""
     g = args.geometry
     groups, cig = args.groups, g.c // args.groups
-    sizes = _blocked.block_sizes(args.dtype.itemsize)
+    sizes = _block_sizes(args.dtype.itemsize)
     n_cb = -(-(args.c_out // groups) // sizes["ch_cols"])
     off = np.ascontiguousarray(np.arange(groups)[:, None] * cig + np.arange(cig), dtype=np.intp)
     pixels = g.n * g.h * g.w
@@ -731,7 +740,7 @@ def _nchw_runs_ch(g: _validate.Geometry, groups: int, c_out: int, itemsize: int)
     stem_7x7 1.04) and with AVX2 (1.08, 1.02, 1.07, 1.07, 1.00, 0.98). Cached (it builds
     both kernels' plans); _blocked_launch, itself cached, asks it.
     """
-    sizes = _blocked.block_sizes(itemsize)
+    sizes = _block_sizes(itemsize)
     lanes = []
     for ch, q_block in ((False, sizes["pix_pixels"]), (True, sizes["ch_pixels"])):
         _, n_cb, block, n_qblocks, *_ = _blocked_plan_for(g, groups, c_out, "NCHW", itemsize, ch)
