@@ -88,6 +88,11 @@ PLANE_ROWS = True
 PLANE_ROWS_MAX_BYTES = 256 * 2**10
 PLANE_ROWS_MAX_LARGE_PLANES = 8
 
+# NCHW 1x1 convolutions without stride or padding read x in place in the blocked kernel
+# unless whole images go to each thread (see _nchw_can_read_x); False sends them all
+# through the prepared copy (tests compare the two).
+NCHW_POINTWISE_IN_PLACE = True
+
 # Large NHWC depthwise results are written by streaming stores (see _buffers.streaming).
 NHWC_DEPTHWISE_STREAM = True
 
@@ -475,35 +480,62 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
         _conv_pointwise_nhwc(x, w, bias, out4, args, n_threads)
         return
     (off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len, threads, per_image, chunk,
-     ch) = _blocked_launch(g, args.groups, args.c_out, layout, args.dtype.itemsize, n_threads,
-                           out_nhwc)
+     ch, in_place) = _blocked_launch(g, args.groups, args.c_out, layout, args.dtype.itemsize,
+                                     n_threads, out_nhwc)
     wpack = _pack_blocked_weight(w, args, n_cb, block, layout)
-    xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
-    # Every image preparation rewrites its first `prepared` elements; the slack after them
-    # (read by the last NCHW pixel block, never stored) must hold finite values.
-    xs_buf[:, prepared:] = 0
+    if in_place:
+        xs_buf = np.zeros((1, 1), dtype=args.dtype)   # not read
+    else:
+        xs_buf = _scratch_array("image", (threads if per_image else 1, buf_len), args.dtype)
+        # Every image preparation rewrites its first `prepared` elements; the slack after
+        # them (read by the last NCHW pixel block, never stored) must hold finite values.
+        xs_buf[:, prepared:] = 0
     _blocked.conv2d_blocked(x, wpack, off, bias, out4, xs_buf, layout == "NHWC" or planar,
                             g.stride_h, g.stride_w, g.pad_top, g.pad_left, hs, ws, n_qblocks,
-                            chunk, False, args.activation == "relu", threads, out_nhwc,
+                            chunk, in_place, args.activation == "relu", threads, out_nhwc,
                             ch and layout == "NCHW", planar)
 
 
 @functools.lru_cache(maxsize=256)
 def _blocked_launch(g: _validate.Geometry, groups: int, c_out: int, layout: str, itemsize: int,
                     n_threads: int, out_nhwc: bool):
-    """_blocked_plan_for's plan followed by ``(threads, per_image, chunk, ch)``: how
-    _conv_blocked runs a call with at most ``n_threads``, ``ch`` telling the micro-kernel
-    (``out_nhwc``: the pix kernel into an NHWC result, see _pix_for_nhwc). Cached, like
-    _planes_launch."""
+    """_blocked_plan_for's plan followed by ``(threads, per_image, chunk, ch, in_place)``:
+    how _conv_blocked runs a call with at most ``n_threads``, ``ch`` telling the micro-kernel
+    (``out_nhwc``: the pix kernel into an NHWC result, see _pix_for_nhwc) and ``in_place``
+    whether x is read in place (see _nchw_can_read_x). Cached, like _planes_launch."""
     ch = layout == "NHWC" or (not out_nhwc and _nchw_runs_ch(g, groups, c_out, itemsize))
     plan = _blocked_plan_for(g, groups, c_out, layout, itemsize, ch)
     n_cb, n_qblocks = plan[1], plan[3]
+    can_read_x = layout == "NCHW" and not out_nhwc and _nchw_can_read_x(g, ch, itemsize)
     threads = _blocked_threads(_geometry_macs(g, groups, c_out), g.n * groups, n_threads,
-                               n_cb * n_qblocks, _whole_images(g.n, n_threads))
+                               n_cb * n_qblocks, can_read_x or _whole_images(g.n, n_threads))
     # Whole images per thread when they share out evenly enough; else one image at a time,
     # split into (group, pixel chunk) items.
     per_image = threads > 1 and _whole_images(g.n, threads)
-    return plan + (threads, per_image, _pixel_chunk(n_qblocks, threads, groups), ch)
+    in_place = can_read_x and not per_image
+    return plan + (threads, per_image, _pixel_chunk(n_qblocks, threads, groups), ch, in_place)
+
+
+def _nchw_can_read_x(g: _validate.Geometry, ch: bool, itemsize: int) -> bool:
+    """Whether a blocked NCHW call can read x in place rather than a prepared copy: a 1x1
+    convolution without stride or padding, whose prepared image would be x itself, with
+    planes of at least a pix block of pixels for the pix kernel (its last block moves back
+    into the plane; the ch kernel repeats its last pixel). _blocked_launch does so unless
+    whole images go to each thread.
+
+    The copy takes about an eighth of such a call (13% of the time samples of ResNet's
+    256->64 56x56 at batch 32), but it also brings the image into the cache of the thread
+    that computes it. Measured (2-core AVX-512 VM, float32, GFLOP/s, prepared / in
+    place; 256->64 56x56, 1024->256 14x14, 64->256 56x56, 2048->512 7x7):
+    - one image over two threads: 158 / 183, 82 / 89, 146 / 156, 31 / 33; batch 3 (also one
+      image at a time): 161 / 182, 123 / 138, 146 / 156, 61 / 68;
+    - one thread, batch 1: 92 / 102, 63 / 67, 85 / 86, 29 / 29; batch 32: 87 / 84, 94 / 99,
+      75 / 73, 78 / 85;
+    - but whole images per thread (two threads, batch 8 and 32) the copy wins: 169 / 156,
+      167 / 164, 145 / 137, 113 / 102 and 169 / 153, 182 / 168, 143 / 133, 149 / 129 (an
+      x aligned to 64 bytes too: 165 / 150 at batch 32)."""
+    return (NCHW_POINTWISE_IN_PLACE and _is_pointwise(g)
+            and (ch or g.out_pixels >= _block_sizes(itemsize)["pix_pixels"]))
 
 
 def _clear_launch_caches() -> None:

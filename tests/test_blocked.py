@@ -7,6 +7,7 @@ ways of sharing out a batch, scratch reuse, non-finite values and "auto"'s choic
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import threading
 
@@ -17,7 +18,7 @@ import fastconv
 from fastconv import reference
 from fastconv import _isa, _validate
 
-from _helpers import DTYPES, LAYOUTS, assert_close, oihw_to_hwio, to_nhwc
+from _helpers import DTYPES, LAYOUTS, GuardedBuffers, assert_close, oihw_to_hwio, to_nhwc
 
 conv_module = importlib.import_module("fastconv.conv")
 blocked = conv_module._blocked
@@ -178,6 +179,79 @@ def test_nchw_ch_kernel_around_its_blocks(monkeypatch, dtype):
         check("NCHW", dtype, 2, 4, 1, pixels + 2, 8, (1, 3))
         check("NCHW", dtype, 1, 4, pixels + 2, 1, 8, (3, 1))
     assert chosen and set(chosen) == {"ch"}
+
+
+GUARDS = GuardedBuffers()
+
+
+@pytest.mark.skipif(not GUARDS.available, reason="guard pages need mmap + mprotect (POSIX)")
+@pytest.mark.parametrize("kernel", ["ch", "pix"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nchw_1x1_reads_x_in_place(monkeypatch, kernel, dtype):
+    """NCHW 1x1 layers without stride or padding read x itself, not a prepared copy, unless
+    whole images go to each thread, and the pix kernel only with planes of at least one of
+    its pixel blocks (its last block moves back into the plane): with x against a guard
+    page, one element read past the end crashes the process. Planes around the pix block,
+    groups, planted NaN and inf, bias and ReLU; the same bits as the prepared copy (the
+    same sums in the same order) and the reference's answer."""
+    chosen = _force_nchw_kernel(monkeypatch, kernel)
+    kernel_call = blocked.conv2d_blocked
+    reads = []
+
+    def recording(*args):   # conv2d_blocked's 16th argument: x is the prepared image
+        reads.append((args[15], np.shares_memory(args[0], guarded)))
+        return kernel_call(*args)
+
+    monkeypatch.setattr(blocked, "conv2d_blocked", recording)
+    q = block_sizes(dtype)["pix_pixels"]
+    planes = sorted({(1, q), (1, q + 1), (2, q // 2 + 1), (q // 4, 9), (1, max(q - 1, 1)),
+                     (5, 3)})
+    cases = 0
+    for (h, w), (n, threads, whole_images) in itertools.product(
+            planes, [(1, 2, False), (3, 2, False), (4, 2, True), (4, 1, False)]):
+        for c_in, c_out, groups in ((5, 9, 1), (6, 8, 2)):
+            x, wt, b = problem("NCHW", dtype, n, c_in, h, w, c_out, (1, 1), groups,
+                               seed=h * w + n)
+            x[0, c_in - 1, h - 1, w - 1], x[n - 1, 0, 0, 0] = np.nan, np.inf
+            guarded = GUARDS.array(x)   # x's last element against the guard page
+            kw = dict(groups=groups, activation="relu", num_threads=threads,
+                      algorithm="direct")
+            reads.clear()
+            got = fastconv.conv2d(guarded, wt, b, **kw)
+            in_place = not whole_images and (kernel == "ch" or h * w >= q)
+            err = f"{kernel} {n}x{c_in}x{h}x{w} -> {c_out}, groups {groups}, {threads} threads"
+            assert reads == [(in_place, True)], err
+            want = np.maximum(reference.conv2d(x, wt, b, groups=groups), 0)
+            assert_close(got, want, dtype, c_in // groups, err_msg=err)
+            assert np.isnan(got[0]).any(), err
+            monkeypatch.setattr(conv_module, "NCHW_POINTWISE_IN_PLACE", False)
+            conv_module._clear_launch_caches()
+            reads.clear()
+            prepared = fastconv.conv2d(guarded, wt, b, **kw)
+            assert reads == [(False, True)], err
+            np.testing.assert_array_equal(got, prepared, err_msg=err)
+            monkeypatch.setattr(conv_module, "NCHW_POINTWISE_IN_PLACE", True)
+            conv_module._clear_launch_caches()
+            cases += in_place
+    assert cases > 0 and set(chosen) == {kernel}
+
+
+def test_nchw_in_place_read_refuses_what_it_cannot_do():
+    """conv2d_blocked reads an NCHW x in place only for a 1x1 layer without stride or
+    padding, and with the pix kernel only for planes of at least one pixel block."""
+    q = block_sizes(np.float32)["pix_pixels"]
+    off = np.arange(2, dtype=np.intp)[None, :] * 4
+    wpack = np.zeros((1, 1, 2, block_sizes(np.float32)["pix_rows"]), np.float32)
+    bias = np.zeros(0, np.float32)
+    buf = np.zeros((1, 1), np.float32)
+    small = np.zeros((1, 2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="planes of at least"):
+        blocked.conv2d_blocked(small, wpack, off, bias, np.zeros((1, 4, 2, 2), np.float32),
+                               buf, False, 1, 1, 0, 0, 2, 2, 1, 1, True, False, 1)
+    big = np.zeros((1, 2, 1, q), np.float32)
+    with pytest.raises(ValueError, match="only for a 1x1"):
+        blocked.conv2d_blocked(big, wpack, off, bias, np.zeros((1, 4, 1, q), np.float32),
+                               buf, False, 1, 1, 0, 1, 1, q + 1, 1, 1, True, False, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -334,7 +334,10 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
  * PIX_ROWS). out: channel 0, pixel 0 of this group of one image; output channel co, pixel
  * (oh, ow) at out[co * ocs + (oh * OW + ow) * ops]: (ocs, ops) = (OH * OW, 1) for an NCHW
  * result, (1, C_out) for an NHWC one (ops != 1 means that layout). bias: cog values or
- * NULL.
+ * NULL. A block reads x from min(its first pixel, qmax): x read in place (an unpadded NCHW
+ * 1x1 convolution, no slack after the planes) passes qmax = OH * OW - block, so that the last
+ * block, moved back, reads no further than its plane's end; it still stores only its own
+ * pixels. A prepared image passes a qmax past the last block.
  *
  * fc_ch_blocks: output pixels p = oh * OW + ow in blocks of CH_ROWS (a short last block
  * repeats its last pixel), reading x at (oh * Ws + ow) * ps; output channels in blocks of
@@ -347,16 +350,16 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
     static void NAME##_##SUF(const T *xs, const ptrdiff_t *off, const T *wpack, ptrdiff_t K,   \
                              ptrdiff_t qb0, ptrdiff_t qb1, T *out, const T *bias,              \
                              ptrdiff_t cog, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Ws,          \
-                             int relu, ptrdiff_t ocs, ptrdiff_t ops) {                         \
+                             int relu, ptrdiff_t ocs, ptrdiff_t ops, ptrdiff_t qmax) {         \
         enum { NR = VECS * (FC_VBYTES / sizeof(T)) };                                          \
         T tile[ROWS * NR] FC_ALIGNED;                                                          \
         ptrdiff_t cb, qb, q, r, end;                                                           \
         for (qb = qb0; qb < qb1; qb++) {                                                       \
-            ptrdiff_t q0 = qb * NR;                                                            \
+            ptrdiff_t q0 = qb * NR, qr = q0 < qmax ? q0 : qmax;   /* stored from, read from */ \
             for (cb = 0; cb * ROWS < cog; cb++) {                                              \
                 ptrdiff_t rows = cog - cb * ROWS;                                              \
                 if (rows > ROWS) rows = ROWS;                                                  \
-                KERNEL##_##SUF(xs + q0, off, wpack + cb * K * ROWS, K, tile);                  \
+                KERNEL##_##SUF(xs + qr, off, wpack + cb * K * ROWS, K, tile);                  \
                 /* Scatter the tile's valid pixels, one output-row segment at a time. */      \
                 for (q = q0; q < q0 + NR; q = end) {                                           \
                     ptrdiff_t oh = q / Ws, ow = q - oh * Ws, n;                                \
@@ -368,7 +371,7 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
                     if (ow + n > OW) n = OW - ow;                                              \
                     if (ops != 1) {                                                            \
                         fc_store_channels_last_##SUF(                                          \
-                            out + cb * ROWS + (oh * OW + ow) * ops, ops, tile + (q - q0), NR,  \
+                            out + cb * ROWS + (oh * OW + ow) * ops, ops, tile + (q - qr), NR,  \
                             n, rows, bias ? bias + cb * ROWS : NULL, relu,                     \
                             ROWS == FC_PIX_ROWS);                                              \
                         continue;                                                              \
@@ -376,7 +379,7 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
                     for (r = 0; r < rows; r++) {                                               \
                         ptrdiff_t co = cb * ROWS + r;                                          \
                         fc_epilogue_##SUF(out + co * ocs + oh * OW + ow,                       \
-                                          tile + r * NR + (q - q0), n, NULL,                   \
+                                          tile + r * NR + (q - qr), n, NULL,                   \
                                           bias ? bias[co] : (T)0, relu);                       \
                     }                                                                          \
                 }                                                                              \

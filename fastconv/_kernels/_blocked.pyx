@@ -13,6 +13,7 @@ micro-kernels need. NCHW images are prepared as (phase, C, Hs, Ws), NHWC as (pha
 """
 
 from cython cimport floating
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cython.parallel cimport prange, threadid
 from fastconv._kernels._ranges cimport share_start
 from libc.string cimport memcpy, memset
@@ -33,19 +34,23 @@ cdef extern from "_blocked.h" nogil:
     void fc_pix_blocks_f32(const float* xs, const Py_ssize_t* off, const float* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                            const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                           Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
+                           Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops,
+                           Py_ssize_t qmax)
     void fc_pix_blocks_f64(const double* xs, const Py_ssize_t* off, const double* wpack,
                            Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                            const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                           Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
+                           Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops,
+                           Py_ssize_t qmax)
     void fc_plane_blocks_f32(const float* xs, const Py_ssize_t* off, const float* w,
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, float* out,
                              const float* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
+                             Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops,
+                           Py_ssize_t qmax)
     void fc_plane_blocks_f64(const double* xs, const Py_ssize_t* off, const double* w,
                              Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1, double* out,
                              const double* bias, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops)
+                             Py_ssize_t Ws, int relu, Py_ssize_t ocs, Py_ssize_t ops,
+                           Py_ssize_t qmax)
     void fc_dw_nhwc_row_f32(const float* x, const float* w, const float* bias, float* out,
                             Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                             Py_ssize_t KW, Py_ssize_t OW, Py_ssize_t ih0, Py_ssize_t sw,
@@ -310,9 +315,11 @@ cdef inline void _blocks(
     Py_ssize_t qb0, Py_ssize_t qb1,
     floating* out, const floating* bias, bint ch, bint out_nhwc, Py_ssize_t ps,
     Py_ssize_t C_out, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
+    Py_ssize_t qmax,
 ) noexcept nogil:
     """The pixel blocks [qb0, qb1) of one group of one image, by the ch kernel (``ch``) or
-    the pix kernel, into an NHWC (``out_nhwc``) or NCHW result."""
+    the pix kernel, into an NHWC (``out_nhwc``) or NCHW result; ``qmax``: where the pix
+    kernel's blocks start at the latest (see fc_pix_blocks)."""
     cdef Py_ssize_t ocs = 1 if out_nhwc else OH * OW
     cdef Py_ssize_t ops = C_out if out_nhwc else 1
     if ch:
@@ -325,10 +332,10 @@ cdef inline void _blocks(
     else:
         if floating is float:
             fc_pix_blocks_f32(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
-                              Ws, relu, ocs, ops)
+                              Ws, relu, ocs, ops, qmax)
         else:
             fc_pix_blocks_f64(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
-                              Ws, relu, ocs, ops)
+                              Ws, relu, ocs, ops, qmax)
 
 
 def conv2d_blocked(
@@ -349,8 +356,10 @@ def conv2d_blocked(
     shared out whole: each thread prepares an image in its own buffer and computes all of it.
     With one buffer, the images are done one after the other, each prepared and then computed
     by the whole team, split into (group, ``q_chunk`` pixel blocks) items. ``prepared``: x
-    already is the prepared image (an NHWC 1x1 convolution without stride or padding), so it
-    is read in place. ``out_nhwc`` (with ``nhwc`` False): an NCHW x, computed by the pix
+    already is the prepared image (a 1x1 convolution without stride or padding), so it is
+    read in place; NCHW planes then have no slack after them, and the pix kernel's last block
+    is moved back to end at its plane's end (see fc_pix_blocks), which needs planes of at
+    least one block of pixels. ``out_nhwc`` (with ``nhwc`` False): an NCHW x, computed by the pix
     kernel, into an NHWC result (for few output channels, which the ch kernel would waste).
     ``ch_nchw`` (with ``nhwc`` False): an NCHW x, computed by the ch kernel, into an NCHW
     result (for small output planes, whose grid the pix kernel's pixel blocks would waste).
@@ -362,6 +371,20 @@ def conv2d_blocked(
                          "read in place, computed by the pix kernel")
     cdef bint out_last = nhwc or out_nhwc     # the result is channels-last
     cdef bint ch = (nhwc and not planar) or ch_nchw   # the ch micro-kernel
+    cdef Py_ssize_t pix_block = fc_pix_vecs() * (fc_vec_len_f32() if floating is float
+                                                 else fc_vec_len_f64())
+    # An NCHW x read in place: the pix kernel's last block moves back into its plane.
+    cdef Py_ssize_t qmax = PY_SSIZE_T_MAX
+    if prepared and not nhwc and not ch:
+        if (stride_h, stride_w, pad_top, pad_left, Hs, Ws) != (1, 1, 0, 0, x.shape[2],
+                                                                 x.shape[3]):
+            raise ValueError("conv2d_blocked: an NCHW x is read in place only for a 1x1 "
+                             "convolution without stride or padding")
+        qmax = x.shape[2] * x.shape[3] - pix_block
+        if qmax < 0:
+            raise ValueError(f"conv2d_blocked: the pix kernel reads an NCHW x in place only "
+                             f"for planes of at least {pix_block} pixels, got "
+                             f"{x.shape[2]}x{x.shape[3]}")
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t C = x.shape[3] if nhwc else x.shape[1]
     cdef Py_ssize_t H = x.shape[1] if nhwc else x.shape[2]
@@ -400,7 +423,7 @@ def conv2d_blocked(
                             0, n_qblocks,
                             op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu)
+                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu, qmax)
         else:
             for n in range(N):
                 xs = <floating*>(xp + n * image) if prepared else bufp
@@ -416,7 +439,7 @@ def conv2d_blocked(
                             qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
                             op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu)
+                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu, qmax)
 
 
 def conv2d_planes(
@@ -489,12 +512,12 @@ def conv2d_planes(
                 fc_plane_blocks_f32(xs, offp, wp + g * K, K, 0, n_qb,
                                     op + plane * OH * OW + oh0 * OW,
                                     bp + g if bp != NULL else NULL, 1, rows, OW, Ws, relu,
-                                    OH * OW, 1)
+                                    OH * OW, 1, PY_SSIZE_T_MAX)
             else:
                 fc_plane_blocks_f64(xs, offp, wp + g * K, K, 0, n_qb,
                                     op + plane * OH * OW + oh0 * OW,
                                     bp + g if bp != NULL else NULL, 1, rows, OW, Ws, relu,
-                                    OH * OW, 1)
+                                    OH * OW, 1, PY_SSIZE_T_MAX)
 
 
 def conv2d_plane_rows(
