@@ -132,6 +132,18 @@ SETTLE_MAX_SECONDS = 1.0
 # after `A @ A`); calls restored it, time alone did not.
 WARMUP_SECONDS = 0.05
 BLAS_WARMUP_SECONDS = 0.2
+# After those calls, when NumPy's BLAS ran before and the bench uses several threads, the
+# calls go on (for at most PLACEMENT_MAX_SECONDS) until the kernels' OpenMP team runs on
+# distinct CPUs at PLACEMENT_CHECKS checks in a row (see team_apart). The slow window above
+# is the scheduler placing the team's worker on the main thread's CPU: after 0.3 s of im2col
+# calls (and 0.15 s of sleep, the BLAS threads idle), a ResNet 1x1 layer at batch 1 ran the
+# direct kernel at 1.02-1.24 ms on one CPU (sched_getcpu in each thread) for its next 35-55
+# calls, and at 0.54-0.60 ms once the threads ran apart; a one-off check saw them apart
+# during two slow calls, hence several in a row. A block that still shares a CPU is timed
+# anyway, with a note. Not for implementations that run GEMMs on NumPy's BLAS themselves.
+PLACEMENT_MAX_SECONDS = 1.0
+PLACEMENT_CHECKS = 5
+TEAM_SHARED_NOTE = "timed with the kernels' threads on one CPU after {:.1f} s of warm-up"
 # The reference: the checked call is timed too, then more while under --min-time, at most this.
 REF_MAX_CALLS = 3
 # Without timing the reference (--no-reference, or a later malloc condition), checks run on
@@ -1191,17 +1203,55 @@ def settle(max_seconds: float = SETTLE_MAX_SECONDS) -> bool:
             return False
 
 
+def team_apart(threads: int) -> Optional[bool]:
+    """Whether the kernels' OpenMP team of ``threads`` runs on distinct CPUs right now (on
+    every usable CPU, when there are more threads than CPUs; see _openmp.team_cpus); None
+    when that cannot be told: one thread, a smaller team, or a platform that does not say
+    which CPU a thread is on."""
+    from ._kernels import _openmp
+
+    if threads < 2:
+        return None
+    cpus = _openmp.team_cpus(threads)
+    if len(cpus) < threads or min(cpus) < 0:
+        return None
+    return len(set(cpus)) >= min(threads, _usable_cpus())
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def warm_up(fn: Callable[[], Any], call_seconds: float, share: float,
-            after_blas: bool = False) -> None:
+            after_blas: bool = False, threads: int = 1) -> Optional[float]:
     """Untimed calls of ``fn`` for min(WARMUP_SECONDS, share / 2) seconds, before a timed block
     whose share of --min-time is ``share``, or for BLAS_WARMUP_SECONDS ``after_blas`` (see
     WARMUP_SECONDS); none when a call (``call_seconds``: the shortest seen so far) takes that
-    long."""
+    long. Then, ``after_blas`` on ``threads`` > 1, more calls until the team runs apart (see
+    PLACEMENT_MAX_SECONDS). Returns the seconds spent when the team still shared a CPU at the
+    end, else None."""
+    start = time.perf_counter()
     seconds = BLAS_WARMUP_SECONDS if after_blas else min(WARMUP_SECONDS, share / 2)
-    if call_seconds >= seconds:
-        return
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    if call_seconds < seconds:
+        end = start + seconds
+        while time.perf_counter() < end:
+            fn()
+    if not after_blas or threads < 2:
+        return None
+    deadline = time.perf_counter() + PLACEMENT_MAX_SECONDS
+    apart_in_a_row = 0
+    while True:
+        apart = team_apart(threads)
+        if apart is None:
+            return None
+        apart_in_a_row = apart_in_a_row + 1 if apart else 0
+        if apart_in_a_row >= PLACEMENT_CHECKS:
+            return None
+        if time.perf_counter() >= deadline:
+            return time.perf_counter() - start
         fn()
 
 
@@ -1278,7 +1328,12 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
         for impl, m in list(timed):
             settle()
             try:
-                warm_up(impl.fn, min([call_seconds[impl.name]] + m.times), share, after_blas)
+                # An implementation that runs GEMMs on NumPy's BLAS itself upsets the
+                # placement with every call: waiting for it would only lose time.
+                shared = warm_up(impl.fn, min([call_seconds[impl.name]] + m.times), share,
+                                 after_blas, 1 if impl.uses_blas else plan.threads)
+                if shared is not None and not m.note:
+                    m.note = TEAM_SHARED_NOTE.format(shared)
                 after_blas = impl.uses_blas
                 m.times += time_calls(
                     impl.fn, -(-plan.repeats // TIMING_ROUNDS), share,

@@ -6,6 +6,8 @@ result is wrong, labels its ceilings and notes honestly, and writes the document
 
 import dataclasses
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -556,3 +558,82 @@ def test_settle_waits_for_busy_threads(monkeypatch):
         assert _bench.settle(limit) is settled
         probes = min(busy, round(limit / _bench.SETTLE_PROBE_SECONDS)) + settled
         assert clock.probes == probes, (busy, clock.probes)
+
+
+@pytest.mark.parametrize("pattern, want_calls, shared", [
+    ("AAAAA", 4, False),            # apart from the start: a call between two checks
+    ("SSSAAAAA", 7, False),
+    ("SAASAAAAA", 8, False),        # apart checks must come PLACEMENT_CHECKS in a row
+    ("S" * 2000, None, True),       # never apart: gives up after PLACEMENT_MAX_SECONDS
+    ("?", 0, False),                # cannot tell (one thread, no sched_getcpu): no wait
+])
+def test_warm_up_after_blas_waits_until_the_team_runs_apart(monkeypatch, pattern, want_calls,
+                                                           shared):
+    """After NumPy's BLAS, on several threads, warm_up keeps calling until the kernels' team
+    runs on distinct CPUs at PLACEMENT_CHECKS checks in a row (the scheduler had put both on
+    one CPU for 35-55 calls), at most PLACEMENT_MAX_SECONDS; without BLAS before, or on one
+    thread, it does not check. A call between two checks, so that they sample the placement
+    over time. Simulated clock and placement: A apart, S on one CPU, ? unknown; calls take
+    10 ms, longer than the warm-up, so all calls counted come from the placement wait."""
+    clock = IdleClock()
+    monkeypatch.setattr(_bench, "time", clock)
+    checks = iter(pattern)
+    monkeypatch.setattr(_bench, "team_apart",
+                        lambda threads: {"A": True, "S": False, "?": None}[next(checks)])
+    calls = []
+
+    def fn():
+        clock.now += 0.01
+        calls.append(clock.now)
+
+    assert _bench.PLACEMENT_CHECKS == 5
+    result = _bench.warm_up(fn, 1.0, 0.1, after_blas=True, threads=2)
+    if shared:
+        assert result == pytest.approx(_bench.PLACEMENT_MAX_SECONDS, abs=0.011)
+        assert len(calls) == round(_bench.PLACEMENT_MAX_SECONDS / 0.01)
+    else:
+        assert result is None and len(calls) == want_calls
+    for after_blas, threads in ((False, 2), (True, 1)):
+        checks = iter("")   # any check would raise StopIteration
+        calls.clear()
+        assert _bench.warm_up(fn, 1.0, 0.1, after_blas=after_blas, threads=threads) is None
+        assert calls == []
+
+
+def test_a_block_timed_with_the_team_on_one_cpu_says_so(monkeypatch):
+    """run_case notes a measurement whose warm-up after a GEMM ended with the team still on
+    one CPU; an implementation that runs GEMMs itself is not held for the placement."""
+    monkeypatch.setattr(_bench, "team_apart", lambda threads: False)
+    monkeypatch.setattr(_bench, "PLACEMENT_MAX_SECONDS", 0.05)
+    real_plan = _bench.make_plan
+
+    def two_threads(args, default_threads):
+        return dataclasses.replace(real_plan(args, default_threads), threads=2)
+
+    monkeypatch.setattr(_bench, "make_plan", two_threads)
+    case, _ = run_toy_case(monkeypatch, "conv", [("first", 0.001, False),
+                                                 ("gemm", 0.001, True),
+                                                 ("gemm2", 0.001, True),
+                                                 ("after", 0.001, False)])
+    notes = {m.impl: m.note for m in case.measurements}
+    # "first" follows the checked calls (GEMMs among them) or "after"; "after" follows
+    # "gemm2"; "gemm2" follows "gemm" but runs GEMMs itself.
+    assert notes["first"].startswith("timed with the kernels' threads on one CPU after")
+    assert notes["after"] == notes["first"] != ""
+    assert notes["gemm"] == notes["gemm2"] == ""
+
+
+def test_team_cpus_reports_a_cpu_per_thread():
+    from fastconv._kernels import _openmp
+
+    with pytest.raises(ValueError, match="n_threads must be >= 1"):
+        _openmp.team_cpus(0)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    for n in (1, 2, 3):
+        cpus = _openmp.team_cpus(n)
+        expected = n if fastconv.config()["openmp"] else 1
+        assert len(cpus) == expected
+        if sys.platform.startswith("linux"):
+            assert all(0 <= c < (os.cpu_count() or 1) for c in cpus), cpus
+        if usable is not None and sys.platform.startswith("linux"):
+            assert len(set(cpus)) <= usable
