@@ -29,9 +29,10 @@ __all__ = ["conv2d", "conv2d_backward"]
 IM2COL_TILE_BYTES = 8 * 2**20
 
 # Forward "auto" (see choose_algorithm) runs the blocked direct kernel on dense calls of at least
-# this many multiply-adds; 1x1 NHWC calls from the second size on.
+# this many multiply-adds; 1x1 calls without stride or padding (see _pointwise_runs_blocked)
+# only from this many output pixels per call.
 AUTO_BLOCKED_MIN_MACS = 2**20
-AUTO_POINTWISE_MIN_MACS = 2**28
+AUTO_POINTWISE_MIN_PIXELS = 196
 
 # Otherwise (and in the backward pass) "auto" picks im2col + GEMM when the GEMM is big enough
 # for BLAS to pay off: a reduction length
@@ -87,6 +88,11 @@ PLANE_BAND_MIN_ROWS = 8
 PLANE_ROWS = True
 PLANE_ROWS_MAX_BYTES = 256 * 2**10
 PLANE_ROWS_MAX_LARGE_PLANES = 8
+
+# Weights of at least this many elements are packed for the blocked kernel on the call's
+# threads (ResNet's 1024->256 1x1 weight, 262144: 0.157 ms on one, 0.086 on two; a
+# parallel region costs a few microseconds, which a 64->64 3x3 weight, 0.024 ms, would feel).
+PACK_PARALLEL_MIN_ELEMENTS = 65536
 
 # NCHW 1x1 convolutions without stride or padding read x in place in the blocked kernel
 # unless whole images go to each thread (see _nchw_can_read_x); False sends them all
@@ -150,8 +156,9 @@ def conv2d(
         the window. ``"im2col"`` builds the column matrix tile by tile and multiplies with
         NumPy's BLAS. ``"auto"`` chooses by layer shape and size (see
         :func:`fastconv.conv.choose_algorithm`): the blocked kernel for dense layers, im2col
-        for NCHW 1x1 layers and for NHWC calls under about a million multiply-adds with few
-        output channels or pixels. All give the same answers up to rounding.
+        for 1x1 layers of fewer than 196 output pixels and for NHWC calls under about a
+        million multiply-adds with few output channels or pixels. All give the same answers
+        up to rounding.
     out : ndarray, optional
         Written in place and returned; must have the exact result shape and dtype.
     num_threads : int, optional
@@ -229,9 +236,8 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
 
     Measured with ``python -m fastconv bench --algorithms all`` (2-core AVX-512 machine): the
     blocked direct kernel beats im2col + BLAS by 1.5-3x on every dense suite layer at batch
-    32, and at batch 1 on all but the smallest. im2col stays ahead on NCHW 1x1 layers (x is
-    already the column matrix: no copy at all) and on small NHWC 1x1 calls (ResNet 1x1 at
-    batch 1: 0.30 against 0.53 ms; at batch 32 the blocked kernel is 10% faster). NHWC layers
+    32, and at batch 1 on all but the smallest. 1x1 layers without stride or padding, where
+    im2col needs no copy at all, follow _pointwise_runs_blocked. NHWC layers
     with at most half a channel block of outputs once went to im2col too (LeNet conv2 at batch
     32: 0.15 against 0.23 ms), but since their pix tiles leave in vectors and the blocked
     kernel takes two threads from about 1M multiply-adds the blocked kernel is ahead on every
@@ -260,8 +266,29 @@ def choose_algorithm(args: _validate.ConvArgs) -> str:
             return "direct"
         return _gemm_or_loops(args)
     if _is_pointwise(g):
-        return "direct" if args.layout == "NHWC" and macs >= AUTO_POINTWISE_MIN_MACS else "im2col"
+        return "direct" if _pointwise_runs_blocked(g) else "im2col"
     return "direct"
+
+
+def _pointwise_runs_blocked(g: _validate.Geometry) -> bool:
+    """Whether "auto" runs the blocked kernel on a 1x1 call without stride or padding (of at
+    least AUTO_BLOCKED_MIN_MACS): from AUTO_POINTWISE_MIN_PIXELS output pixels per call.
+
+    Timed alone, such a layer runs about as fast on NumPy's GEMM (x is already its column
+    matrix), but in a network the GEMM costs the layers around it: NumPy's BLAS threads spin
+    for about 0.1 s after it, and the scheduler then keeps the kernels' two threads on one
+    CPU for tens of milliseconds (see README, Threads). ResNet-50 bottleneck blocks (1x1,
+    3x3, 1x1; the 3x3 always direct) on the 2-core AVX-512 VM, ms, 1x1 layers on im2col
+    against direct, NCHW: batch 1 56x56 3.73 / 3.03, 28x28 3.71 / 2.66, 14x14 4.19 / 3.18,
+    7x7 7.32 / 6.33; batch 32 116 / 81, 111 / 74, 107 / 72, 122 / 85. NHWC: batch 1 3.55 /
+    2.49, 3.47 / 2.59, 4.27 / 3.00, but 7x7 7.92 / 8.68; batch 32 114 / 75, 106 / 68, 105 /
+    71, 121 / 82. Alone, direct / im2col speed at batch 1, NCHW: 256->64 56x56 0.98,
+    512->128 28x28 0.98, 1024->256 14x14 0.86, 64->256 56x56 0.81, 64->64 56x56 0.88, but
+    7x7 layers 0.37-0.49, whose 1-4 MB weights take longer to pack for the blocked kernel
+    than its 49 pixels take to compute; NHWC 1.00, 0.93, 1.05, 0.91, 0.78, 7x7 0.55; at
+    batch 32, NCHW 1.13, 1.29, 1.08, 1.07, 0.97, 7x7 0.97-0.98. Hence the blocked kernel
+    from one 14x14 image on."""
+    return g.n * g.out_h * g.out_w >= AUTO_POINTWISE_MIN_PIXELS
 
 
 def _small_call_runs_blocked(args: _validate.ConvArgs) -> bool:
@@ -405,9 +432,10 @@ def _slack_len(prepared: int, grid_pixels: int, off) -> int:
 
 
 def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int,
-                         layout: Optional[str] = None):
+                         layout: Optional[str] = None, n_threads: int = 1):
     """The weight (in ``layout``, default args.layout) as (groups, co blocks, K, block),
-    zero-filled past the last channel, in a reused scratch buffer (see _scratch_array)."""
+    zero-filled past the last channel, in a reused scratch buffer (see _scratch_array); on
+    ``n_threads`` from PACK_PARALLEL_MIN_ELEMENTS weights."""
     groups, cog = args.groups, args.c_out // args.groups
     k = w.size // args.c_out
     packed = _scratch_array("weight", (groups, n_cb, k, block), args.dtype)
@@ -415,7 +443,7 @@ def _pack_blocked_weight(w, args: _validate.ConvArgs, n_cb: int, block: int,
         wk = w.reshape(k, groups, cog).transpose(1, 2, 0)   # HWIO: K = (kh, kw, ci)
     else:
         wk = w.reshape(groups, cog, k)                      # OIHW: K = (ci, kh, kw)
-    _blocked.pack_weight(wk, packed)
+    _blocked.pack_weight(wk, packed, n_threads if w.size >= PACK_PARALLEL_MIN_ELEMENTS else 1)
     return packed
 
 
@@ -482,7 +510,7 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     (off, n_cb, block, n_qblocks, hs, ws, prepared, buf_len, threads, per_image, chunk,
      ch, in_place) = _blocked_launch(g, args.groups, args.c_out, layout, args.dtype.itemsize,
                                      n_threads, out_nhwc)
-    wpack = _pack_blocked_weight(w, args, n_cb, block, layout)
+    wpack = _pack_blocked_weight(w, args, n_cb, block, layout, threads)
     if in_place:
         xs_buf = np.zeros((1, 1), dtype=args.dtype)   # not read
     else:
@@ -690,7 +718,8 @@ def _conv_pointwise_nhwc(x, w, bias, out4, args: _validate.ConvArgs, n_threads: 
     n_qblocks = -(-pixels // sizes["ch_pixels"])
     threads = _blocked_threads(_macs(args), g.n * groups, n_threads, n_cb * n_qblocks, True)
     _blocked.conv2d_blocked(
-        x.reshape(1, pixels, 1, g.c), _pack_blocked_weight(w, args, n_cb, sizes["ch_cols"]),
+        x.reshape(1, pixels, 1, g.c),
+        _pack_blocked_weight(w, args, n_cb, sizes["ch_cols"], n_threads=threads),
         off, bias, out4.reshape(1, pixels, 1, args.c_out), np.zeros((1, 1), dtype=args.dtype),
         True, 1, 1, 0, 0, pixels, 1, n_qblocks, _pixel_chunk(n_qblocks, threads, groups), True,
         args.activation == "relu", threads)

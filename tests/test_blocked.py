@@ -834,10 +834,15 @@ def test_auto_choice_for_large_calls(layout):
     to the older rule (which AUTO_CASES in test_conv.py tests)."""
     assert _auto(layout, 32, 64, 56, 64, (3, 3)) == "direct"
     assert _auto(layout, 1, 3, 224, 64, (7, 7)) == "direct"
-    # 1x1: BLAS on x in place for NCHW; NHWC only from AUTO_POINTWISE_MIN_MACS on.
-    assert _auto(layout, 1, 256, 56, 64, (1, 1)) == "im2col"
-    assert _auto(layout, 32, 256, 56, 64, (1, 1)) == ("direct" if layout == "NHWC"
-                                                     else "im2col")
+    # 1x1: the blocked kernel from AUTO_POINTWISE_MIN_PIXELS output pixels per call, else
+    # BLAS on x in place.
+    assert conv_module.AUTO_POINTWISE_MIN_PIXELS == 196
+    assert _auto(layout, 1, 256, 56, 64, (1, 1)) == "direct"
+    assert _auto(layout, 32, 256, 56, 64, (1, 1)) == "direct"
+    assert _auto(layout, 1, 1024, 14, 256, (1, 1)) == "direct"       # 196 pixels
+    assert _auto(layout, 1, 2048, 7, 512, (1, 1)) == "im2col"        # 49
+    assert _auto(layout, 3, 2048, 7, 512, (1, 1)) == "im2col"        # 147
+    assert _auto(layout, 4, 2048, 7, 512, (1, 1)) == "direct"        # 196
     # Depthwise: the plain loops.
     assert _auto(layout, 32, 128, 56, 128, (3, 3), groups=128) == "direct"
     # At most half a channel block of outputs: the blocked kernel too (NHWC had gone to im2col
@@ -1117,3 +1122,30 @@ def test_production_thresholds_keep_small_calls_on_one_thread(monkeypatch):
     assert threads(2, 64, 14) == [2]
     assert threads(2, 32, 8) == [2]
     assert threads(2, 16, 8) == [1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pack_weight_against_numpy(dtype, n_threads):
+    """pack_weight against the layout written out in NumPy, whichever of K and the channels
+    is closer in memory (OIHW rows, HWIO rows, negative strides, slices), K around its tile
+    of 64 taps, channel counts around the block, one and two threads."""
+    rng = np.random.default_rng(7)
+    for groups, cog, K, block in ((1, 37, 130, 32), (2, 8, 64, 8), (3, 5, 1, 16),
+                                  (1, 1, 200, 8), (2, 33, 65, 16)):
+        base = rng.standard_normal((groups, cog, K)).astype(dtype)
+        views = {
+            "oihw": base,
+            "hwio": np.ascontiguousarray(base.transpose(2, 0, 1)).transpose(1, 2, 0),
+            "reversed": base[::-1, ::-1, ::-1].copy()[::-1, ::-1, ::-1],
+            "sliced": np.repeat(base, 2, axis=2)[:, :, ::2],
+        }
+        n_cb = -(-cog // block)
+        want = np.zeros((groups, n_cb * block, K), dtype)
+        want[:, :cog] = base
+        want = want.reshape(groups, n_cb, block, K).transpose(0, 1, 3, 2)
+        for name, w in views.items():
+            np.testing.assert_array_equal(w, base)
+            packed = np.full((groups, n_cb, K, block), np.nan, dtype)
+            blocked.pack_weight(w, packed, n_threads)
+            np.testing.assert_array_equal(packed, want, err_msg=f"{name} {groups, cog, K}")
