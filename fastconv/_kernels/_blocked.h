@@ -222,91 +222,15 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
         }                                                                                      \
     }
 
-/* fc_store_channels_first in vectors, returning whether it stored the tile (else nothing
- * was stored): float32 with AVX-512, whose ch tiles are 12 pixels x 32 channels. Each half
- * of 16 channels gets its bias and ReLU row by row (a pixel's 16 channels per vector), is
- * transposed in registers (rows 12-15 zero), and leaves as one masked store of n pixels per
- * channel. One value at a time, the store took 11% of the ch kernel's samples on ResNet's
- * 256->64 1x1 layer (K = 256). Same arithmetic as the scalar loop. */
-#if defined(__AVX512F__) && FC_CH_ROWS == 12 && FC_CH_VECS == 2
-/* Rows r[0..15] -> columns: r[c] holds element c of every row, row i in lane i. */
-static inline __attribute__((always_inline)) void fc_transpose16_f32(__m512 r[16]) {
-    __m512 t[16];
-    int i, j;
-    FC_UNROLL for (i = 0; i < 8; i++) {       /* per 128-bit lane: row pairs interleaved */
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    FC_UNROLL for (i = 0; i < 4; i++) {       /* r[4i + j], lane L: rows 4i..4i+3, column 4L+j */
-        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-        __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
-    FC_UNROLL for (j = 0; j < 4; j++) {       /* t[j]: rows 0-3 and 4-7 of columns j, 8+j */
-        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-    }
-    FC_UNROLL for (j = 0; j < 4; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
-        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
-    }
-}
-
-static inline int fc_channels_first_vec_f32(float *dst, ptrdiff_t cs, const float *tile,
-                                            ptrdiff_t NR, ptrdiff_t n, ptrdiff_t cols,
-                                            const float *bias, int relu) {
-    const __mmask16 pixels = (__mmask16)((1u << n) - 1);
-    const __m512 zero = _mm512_setzero_ps();
-    __m512 r[16];
-    ptrdiff_t c0;
-    int i, c;
-    for (c0 = 0; c0 < cols; c0 += 16) {
-        const int m = cols - c0 < 16 ? (int)(cols - c0) : 16;   /* channels in this half */
-        const __mmask16 chans = (__mmask16)((1u << m) - 1);
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(chans, bias + c0) : zero;
-        FC_UNROLL for (i = 0; i < 16; i++) {
-            if (i >= FC_CH_ROWS) { r[i] = zero; continue; }
-            r[i] = _mm512_add_ps(_mm512_loadu_ps(tile + i * NR + c0), b);
-            if (relu) r[i] = _mm512_maskz_mov_ps(
-                (__mmask16)~_mm512_cmp_ps_mask(r[i], zero, _CMP_LE_OQ), r[i]);
-        }
-        fc_transpose16_f32(r);
-        for (c = 0; c < m; c++) _mm512_mask_storeu_ps(dst + (c0 + c) * cs, pixels, r[c]);
-    }
-    return 1;
-}
-#else
-static inline int fc_channels_first_vec_f32(float *dst, ptrdiff_t cs, const float *tile,
-                                            ptrdiff_t NR, ptrdiff_t n, ptrdiff_t cols,
-                                            const float *bias, int relu) {
-    (void)dst; (void)cs; (void)tile; (void)NR; (void)n; (void)cols; (void)bias; (void)relu;
-    return 0;
-}
-#endif
-static inline int fc_channels_first_vec_f64(double *dst, ptrdiff_t cs, const double *tile,
-                                            ptrdiff_t NR, ptrdiff_t n, ptrdiff_t cols,
-                                            const double *bias, int relu) {
-    (void)dst; (void)cs; (void)tile; (void)NR; (void)n; (void)cols; (void)bias; (void)relu;
-    return 0;
-}
-
 /* The tile of the ch kernel into an NCHW result: n pixels (tile rows, NR apart) x cols
  * output channels, channel c's pixels adjacent at dst + c * cs; bias: one per channel, or
- * NULL. Then ReLU. In vectors where fc_channels_first_vec can. */
+ * NULL. Then ReLU. */
 #define FC_DEFINE_STORE_CHANNELS_FIRST(T, SUF)                                                 \
     static inline void fc_store_channels_first_##SUF(T *dst, ptrdiff_t cs, const T *tile,     \
                                                      ptrdiff_t NR, ptrdiff_t n,                \
                                                      ptrdiff_t cols, const T *bias,            \
                                                      int relu) {                               \
         ptrdiff_t i, c;                                                                        \
-        if (fc_channels_first_vec_##SUF(dst, cs, tile, NR, n, cols, bias, relu)) return;       \
         for (c = 0; c < cols; c++) {                                                           \
             T *d = dst + c * cs, b = bias ? bias[c] : (T)0;                                    \
             for (i = 0; i < n; i++) {                                                          \
