@@ -140,7 +140,9 @@ BLAS_WARMUP_SECONDS = 0.2
 # direct kernel at 1.02-1.24 ms on one CPU (sched_getcpu in each thread) for its next 35-55
 # calls, and at 0.54-0.60 ms once the threads ran apart; a one-off check saw them apart
 # during two slow calls, hence several in a row. A block that still shares a CPU is timed
-# anyway, with a note. Not for implementations that run GEMMs on NumPy's BLAS themselves.
+# anyway, with a note. Not for implementations that run GEMMs on NumPy's BLAS themselves, nor
+# for PyTorch (its own thread pool). The limit is checked between calls, so a block of calls
+# longer than a quarter second can overrun it.
 PLACEMENT_MAX_SECONDS = 1.0
 PLACEMENT_CHECKS = 5
 TEAM_SHARED_NOTE = "timed with the kernels' threads on one CPU after {:.1f} s of warm-up"
@@ -1329,9 +1331,11 @@ def run_case(spec: CaseSpec, plan: Plan, condition: str) -> CaseResult:
             settle()
             try:
                 # An implementation that runs GEMMs on NumPy's BLAS itself upsets the
-                # placement with every call: waiting for it would only lose time.
+                # placement with every call, and PyTorch runs on its own thread pool:
+                # waiting for fastconv's team would only lose time.
+                holds = not impl.uses_blas and impl.name != "torch"
                 shared = warm_up(impl.fn, min([call_seconds[impl.name]] + m.times), share,
-                                 after_blas, 1 if impl.uses_blas else plan.threads)
+                                 after_blas, plan.threads if holds else 1)
                 if shared is not None and not m.note:
                     m.note = TEAM_SHARED_NOTE.format(shared)
                 after_blas = impl.uses_blas

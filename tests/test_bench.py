@@ -631,8 +631,8 @@ def test_team_cpus_reports_a_cpu_per_thread():
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     for n in (1, 2, 3):
         cpus = _openmp.team_cpus(n)
-        expected = n if fastconv.config()["openmp"] else 1
-        assert len(cpus) == expected
+        # OMP_THREAD_LIMIT or OMP_DYNAMIC may give a smaller team
+        assert 1 <= len(cpus) <= (n if fastconv.config()["openmp"] else 1)
         if sys.platform.startswith("linux"):
             assert all(0 <= c < (os.cpu_count() or 1) for c in cpus), cpus
         if usable is not None and sys.platform.startswith("linux"):

@@ -252,6 +252,19 @@ def test_nchw_in_place_read_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="only for a 1x1"):
         blocked.conv2d_blocked(big, wpack, off, bias, np.zeros((1, 4, 1, q), np.float32),
                                buf, False, 1, 1, 0, 1, 1, q + 1, 1, 1, True, False, 1)
+    # An unpadded stride-1 3x3 layer (its offsets reach two rows and two columns past the
+    # pixel): refused for either kernel, before it could read past x's end.
+    x = GUARDS.array(np.ones((1, 4, 8, 12), np.float32))
+    wt = np.ones((8, 4, 3, 3), np.float32)
+    args = _validate.conv_args(x, wt, None, 1, 0, 1, 1, "NCHW", None, "test")
+    for ch in (False, True):
+        off3, n_cb, block, n_qb, hs, ws, _, _ = conv_module._blocked_plan_for(
+            args.geometry, 1, 8, "NCHW", 4, ch)
+        wpack3 = np.ascontiguousarray(conv_module._pack_blocked_weight(wt, args, n_cb, block))
+        with pytest.raises(ValueError, match="only for a 1x1"):
+            blocked.conv2d_blocked(x, wpack3, off3, bias, np.zeros((1, 8, 6, 10), np.float32),
+                                   buf, False, 1, 1, 0, 0, hs, ws, n_qb, n_qb, True, False, 1,
+                                   False, ch)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1149,3 +1162,11 @@ def test_pack_weight_against_numpy(dtype, n_threads):
             packed = np.full((groups, n_cb, K, block), np.nan, dtype)
             blocked.pack_weight(w, packed, n_threads)
             np.testing.assert_array_equal(packed, want, err_msg=f"{name} {groups, cog, K}")
+        with pytest.raises(ValueError, match="does not hold"):
+            blocked.pack_weight(base, np.zeros((groups, n_cb, K + 1, block), dtype))
+        with pytest.raises(ValueError, match="does not hold"):
+            blocked.pack_weight(base, np.zeros((groups, n_cb - 1, K, block), dtype))
+    # A float field of a structured array: strides that are not multiples of the item size.
+    record = np.zeros((1, 4, 3), dtype=[("a", np.int8), ("v", dtype)])["v"]
+    with pytest.raises(ValueError, match="not multiples of the item size"):
+        blocked.pack_weight(record, np.zeros((1, 1, 3, 8), dtype))
