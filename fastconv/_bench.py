@@ -1210,6 +1210,7 @@ def team_apart(threads: int) -> Optional[bool]:
     every usable CPU, when there are more threads than CPUs; see _openmp.team_cpus); None
     when that cannot be told: one thread, a smaller team, or a platform that does not say
     which CPU a thread is on."""
+    from . import _threads
     from ._kernels import _openmp
 
     if threads < 2:
@@ -1217,14 +1218,7 @@ def team_apart(threads: int) -> Optional[bool]:
     cpus = _openmp.team_cpus(threads)
     if len(cpus) < threads or min(cpus) < 0:
         return None
-    return len(set(cpus)) >= min(threads, _usable_cpus())
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return len(set(cpus)) >= min(threads, _threads._cores())
 
 
 def warm_up(fn: Callable[[], Any], call_seconds: float, share: float,
