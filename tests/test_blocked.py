@@ -695,6 +695,46 @@ def test_pointwise_nhwc_reads_x_in_place(dtype, n, h, w, groups):
     check("NHWC", dtype, n, 8, h, w, 10 * groups, (1, 1), groups=groups, num_threads=1)
 
 
+@pytest.mark.skipif(not GUARDS.available, reason="guard pages need mmap + mprotect (POSIX)")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_pointwise_nhwc_in_place_stays_inside_x(monkeypatch, dtype, at):
+    """The in-place NHWC 1x1 path reads x itself (the ch kernel's rows and the prefetches
+    of the blocks ahead; a prefetch cannot fault, a load can): with x against a guard page
+    before its first or after its last element, pixel counts around the block and around
+    the prefetch distance, each thread's chunk ending inside x, groups, planted NaN and inf
+    and ReLU. The same bits on 1 and 2 threads (each output summed by one call in one
+    order) and the reference's answer."""
+    kernel_call = blocked.conv2d_blocked
+    reads = []
+
+    def recording(*args):
+        reads.append(np.shares_memory(args[0], guarded))
+        return kernel_call(*args)
+
+    monkeypatch.setattr(blocked, "conv2d_blocked", recording)
+    q = block_sizes(dtype)["ch_pixels"]
+    for pixels, (c_in, c_out, groups) in itertools.product(
+            sorted({1, q - 1, q, q + 1, 2 * q + 1, 3 * q, 5 * q + 3, 40 * q + 7}),
+            [(5, 9, 1), (6, 8, 2), (33, 40, 1)]):
+        x, wt, b = problem("NHWC", dtype, 1, c_in, 1, pixels, c_out, (1, 1), groups,
+                           seed=pixels)
+        x[0, 0, pixels - 1, c_in - 1], x[0, 0, 0, 0] = np.nan, np.inf
+        guarded = GUARDS.array(x, at=at)
+        results = []
+        for threads in (1, 2):
+            reads.clear()
+            results.append(fastconv.conv2d(guarded, wt, b, groups=groups, layout="NHWC",
+                                           activation="relu", algorithm="direct",
+                                           num_threads=threads))
+            assert reads == [True], (pixels, c_in, groups, threads)
+        err = f"{pixels} pixels, {c_in} -> {c_out}, groups {groups}, guard at the {at}"
+        np.testing.assert_array_equal(results[1], results[0], err_msg=err)
+        want = reference.conv2d(x, wt, b, groups=groups, layout="NHWC", activation="relu")
+        assert_close(results[0], want, dtype, c_in // groups, err_msg=err)
+        assert np.isnan(results[0][0, 0, pixels - 1]).any(), err
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 9])
 def test_batch_sharing_is_bit_identical_for_any_thread_count(layout, n):

@@ -74,12 +74,12 @@ cdef extern from "_blocked.h" nogil:
                           const float* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
                           float* out, const float* bias, Py_ssize_t cog, Py_ssize_t OH,
                           Py_ssize_t OW, Py_ssize_t Ws, int relu, Py_ssize_t ocs,
-                          Py_ssize_t ops)
+                          Py_ssize_t ops, int prefetch_x)
     void fc_ch_blocks_f64(const double* xs, Py_ssize_t ps, const Py_ssize_t* off,
                           const double* wpack, Py_ssize_t K, Py_ssize_t qb0, Py_ssize_t qb1,
                           double* out, const double* bias, Py_ssize_t cog, Py_ssize_t OH,
                           Py_ssize_t OW, Py_ssize_t Ws, int relu, Py_ssize_t ocs,
-                          Py_ssize_t ops)
+                          Py_ssize_t ops, int prefetch_x)
 
 
 cdef extern from "_stream.h" nogil:
@@ -365,20 +365,21 @@ cdef inline void _blocks(
     Py_ssize_t qb0, Py_ssize_t qb1,
     floating* out, const floating* bias, bint ch, bint out_nhwc, Py_ssize_t ps,
     Py_ssize_t C_out, Py_ssize_t cog, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Ws, int relu,
-    Py_ssize_t qmax,
+    Py_ssize_t qmax, int prefetch_x,
 ) noexcept nogil:
     """The pixel blocks [qb0, qb1) of one group of one image, by the ch kernel (``ch``) or
     the pix kernel, into an NHWC (``out_nhwc``) or NCHW result; ``qmax``: where the pix
-    kernel's blocks start at the latest (see fc_pix_blocks)."""
+    kernel's blocks start at the latest (see fc_pix_blocks); ``prefetch_x``: the ch kernel
+    prefetches x ahead (an NHWC x read in place, see fc_ch_blocks)."""
     cdef Py_ssize_t ocs = 1 if out_nhwc else OH * OW
     cdef Py_ssize_t ops = C_out if out_nhwc else 1
     if ch:
         if floating is float:
             fc_ch_blocks_f32(xs, ps, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW, Ws,
-                             relu, ocs, ops)
+                             relu, ocs, ops, prefetch_x)
         else:
             fc_ch_blocks_f64(xs, ps, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW, Ws,
-                             relu, ocs, ops)
+                             relu, ocs, ops, prefetch_x)
     else:
         if floating is float:
             fc_pix_blocks_f32(xs, off, wpack, K, qb0, qb1, out, bias, cog, OH, OW,
@@ -465,6 +466,8 @@ def conv2d_blocked(
     cdef Py_ssize_t n_chunks = (n_qblocks + q_chunk - 1) // q_chunk
     cdef Py_ssize_t n, g, item, qc, tid, buf_len = xs_buf.shape[1]
     cdef bint per_thread = xs_buf.shape[0] >= n_threads and n_threads > 1
+    # An NHWC x read in place comes from memory, not from a prepared copy in cache.
+    cdef int prefetch_x = prepared and nhwc
     if N == 0 or OH == 0 or OW == 0 or C_out == 0:
         return
     cdef const floating* xp = &x[0, 0, 0, 0]
@@ -487,7 +490,7 @@ def conv2d_blocked(
                             0, n_qblocks,
                             op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu, qmax)
+                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu, qmax, prefetch_x)
         else:
             for n in range(N):
                 xs = <floating*>(xp + n * image) if prepared else bufp
@@ -503,7 +506,7 @@ def conv2d_blocked(
                             qc * q_chunk, min(n_qblocks, (qc + 1) * q_chunk),
                             op + n * out_image + (g * cog if out_last else g * cog * OH * OW),
                             bp + g * cog if bp != NULL else NULL,
-                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu, qmax)
+                            ch, out_last, ps, C_out, cog, OH, OW, Ws, relu, qmax, prefetch_x)
 
 
 def conv2d_planes(
