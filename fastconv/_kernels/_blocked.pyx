@@ -238,36 +238,52 @@ cdef inline Py_ssize_t _end_column(Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw, Py
     return j1 if j1 > j0 else j0
 
 
+cdef inline void _prep_nchw_row(
+    const floating* src,   # IN  row ih of channel c: (W,), or NULL for a padding row
+    floating* row,         # OUT row i of phase (a, b), channel c: (Ws,)
+    Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t Ws,
+) noexcept nogil:
+    cdef Py_ssize_t j, j0, j1
+    if src == NULL:
+        memset(row, 0, Ws * sizeof(floating))
+        return
+    j0 = _first_column(b, sw, pl)
+    j1 = _end_column(W, b, sw, pl, Ws, j0)
+    if sw == 1:
+        if floating is float:
+            fc_prep_row_f32(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
+        else:
+            fc_prep_row_f64(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
+        return
+    if j0 > 0:
+        memset(row, 0, j0 * sizeof(floating))
+    for j in range(j0, j1):
+        row[j] = src[j * sw + b - pl]
+    if j1 < Ws:
+        memset(row + j1, 0, (Ws - j1) * sizeof(floating))
+
+
 cdef inline void _prep_nchw_plane(
     const floating* x,     # IN  channel c of the image: (H, W)
-    floating* xs,          # OUT rows i0 <= i < i1 of phase (a, b), channel c: (i1 - i0, Ws)
-    Py_ssize_t H, Py_ssize_t W, Py_ssize_t a, Py_ssize_t b, Py_ssize_t sh, Py_ssize_t sw,
-    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t Ws,
+    floating* xs,          # OUT rows i0 <= i < i1 of channel c of every phase (a, b): row i
+                           #     of phase a * sw + b at xs + (a * sw + b) * phase_len
+                           #     + (i - i0) * Ws
+    Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+    Py_ssize_t pl, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t Ws, Py_ssize_t phase_len,
 ) noexcept nogil:
-    cdef Py_ssize_t i, j, ih, iw, j0, j1
-    cdef floating* row
+    """Rows i0 <= i < i1 of one channel's phases, reading the padded image's rows in order,
+    each into its sw column phases while it is in L1. (A phase at a time read every sh-th
+    row, sw times over; in order, AlexNet's conv1 at batch 32 went 2-6% faster. Its strided
+    copy, one element at a time, still takes about 8% of that layer's time.)"""
+    cdef Py_ssize_t i, a, b, ih
     cdef const floating* src
     for i in range(i0, i1):
-        row = xs + (i - i0) * Ws
-        ih = i * sh + a - pt
-        if ih < 0 or ih >= H:
-            memset(row, 0, Ws * sizeof(floating))
-            continue
-        src = x + ih * W
-        j0 = _first_column(b, sw, pl)
-        j1 = _end_column(W, b, sw, pl, Ws, j0)
-        if sw == 1:
-            if floating is float:
-                fc_prep_row_f32(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
-            else:
-                fc_prep_row_f64(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
-            continue
-        if j0 > 0:
-            memset(row, 0, j0 * sizeof(floating))
-        for j in range(j0, j1):
-            row[j] = src[j * sw + b - pl]
-        if j1 < Ws:
-            memset(row + j1, 0, (Ws - j1) * sizeof(floating))
+        for a in range(sh):
+            ih = i * sh + a - pt
+            src = x + ih * W if 0 <= ih < H else NULL
+            for b in range(sw):
+                _prep_nchw_row(src, xs + (a * sw + b) * phase_len + (i - i0) * Ws, W, b, sw,
+                               pl, Ws)
 
 
 cdef inline void _prep_nhwc_row(
@@ -336,25 +352,36 @@ cdef inline void _prep_item(
     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hs, Py_ssize_t Ws,
 ) noexcept nogil:
-    """One unit of image preparation: NCHW a (phase, channel) plane, NHWC a (phase, row),
-    into an NHWC prepared image or (``planar``) a channel-planar one."""
-    cdef Py_ssize_t phase, a, b
+    """One unit of image preparation, of _prep_items: NCHW a band of a channel's rows, NHWC
+    one padded row, into every phase it belongs to (phase (a, b) is number a * sw + b), in
+    an NHWC prepared image or (``planar``) a channel-planar one. Units in order read the
+    image in order."""
+    cdef Py_ssize_t a, b, i, phase, c, i0, i1
     if nhwc:
-        phase = item // Hs
-        a = phase // sw
-        b = phase % sw
-        if planar:
-            _prep_nhwc_row_planar(x, xs + phase * C * Hs * Ws, item % Hs, H, W, C, a, b, sh,
-                                  sw, pt, pl, Hs, Ws)
-        else:
-            _prep_nhwc_row(x, xs + item * Ws * C, item % Hs, H, W, C, a, b, sh, sw, pt, pl,
-                           Ws)
+        a = item % sh
+        i = item // sh
+        for b in range(sw):   # one input row, still in L1, into each column phase
+            phase = a * sw + b
+            if planar:
+                _prep_nhwc_row_planar(x, xs + phase * C * Hs * Ws, i, H, W, C, a, b, sh, sw,
+                                      pt, pl, Hs, Ws)
+            else:
+                _prep_nhwc_row(x, xs + (phase * Hs + i) * Ws * C, i, H, W, C, a, b, sh, sw,
+                               pt, pl, Ws)
     else:
-        phase = item // C
-        a = phase // sw
-        b = phase % sw
-        _prep_nchw_plane(x + (item % C) * H * W, xs + item * Hs * Ws, H, W, a, b, sh, sw,
-                         pt, pl, 0, Hs, Ws)
+        c = item // sh
+        i0 = (item % sh) * Hs // sh
+        i1 = (item % sh + 1) * Hs // sh
+        _prep_nchw_plane(x + c * H * W, xs + (c * Hs + i0) * Ws, H, W, sh, sw, pt, pl, i0, i1,
+                         Ws, C * Hs * Ws)
+
+
+cdef inline Py_ssize_t _prep_items(bint nhwc, Py_ssize_t C, Py_ssize_t Hs,
+                                   Py_ssize_t sh) noexcept nogil:
+    """How many _prep_item units make an image: NCHW sh bands of rows per channel (as many
+    as there are row phases, to keep a one-image call's team busy), NHWC one unit per padded
+    row."""
+    return sh * (Hs if nhwc else C)
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,8 +486,7 @@ def conv2d_blocked(
     cdef Py_ssize_t OW = out.shape[2] if out_last else out.shape[3]
     cdef Py_ssize_t groups = wpack.shape[0], n_cb = wpack.shape[1], K = wpack.shape[2]
     cdef Py_ssize_t cog = C_out // groups
-    cdef Py_ssize_t phases = stride_h * stride_w
-    cdef Py_ssize_t n_prep = phases * (Hs if nhwc else C)
+    cdef Py_ssize_t n_prep = _prep_items(nhwc, C, Hs, stride_h)
     cdef Py_ssize_t image = H * W * C, out_image = OH * OW * C_out
     cdef Py_ssize_t ps = C if ch and nhwc else 1
     cdef Py_ssize_t n_chunks = (n_qblocks + q_chunk - 1) // q_chunk
@@ -535,7 +561,7 @@ def conv2d_planes(
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t C_out = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t K = weight.shape[1], cig = C // C_out
-    cdef Py_ssize_t n_prep = stride_h * stride_w * cig
+    cdef Py_ssize_t n_prep = _prep_items(False, cig, Hs, stride_h)
     cdef Py_ssize_t buf_len = xs_buf.shape[1], item, i, n, g, plane, oh0, rows, i1
     cdef Py_ssize_t n_bands = (OH + band_rows - 1) // band_rows if band_rows > 0 else 1
     cdef Py_ssize_t q_block = fc_plane_vecs() * (fc_vec_len_f32() if floating is float
@@ -544,7 +570,7 @@ def conv2d_planes(
     cdef floating* xs
     if N == 0 or C_out == 0 or OH == 0 or OW == 0:
         return
-    if n_bands > 1 and (n_prep != 1 or band_in_rows * Ws > buf_len
+    if n_bands > 1 and (stride_h * stride_w * cig != 1 or band_in_rows * Ws > buf_len
                         or n_qblocks * q_block > buf_len):
         raise ValueError("conv2d_planes: row bands need stride 1, one input channel per group "
                          "and a scratch row for a whole band")
@@ -573,8 +599,8 @@ def conv2d_planes(
                 rows = OH - oh0 if OH - oh0 < band_rows else band_rows
                 i1 = oh0 + band_in_rows if oh0 + band_in_rows < Hs else Hs
                 n_qb = (rows * Ws + q_block - 1) // q_block   # the last band may be shorter
-                _prep_nchw_plane(xp + plane * H * W, xs, H, W, 0, 0, 1, 1, pad_top, pad_left,
-                                 oh0, i1, Ws)
+                _prep_nchw_plane(xp + plane * H * W, xs, H, W, 1, 1, pad_top, pad_left, oh0,
+                                 i1, Ws, 0)
             if floating is float:
                 fc_plane_blocks_f32(xs, offp, wp + g * K, K, 0, n_qb,
                                     op + plane * OH * OW + oh0 * OW,
