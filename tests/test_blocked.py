@@ -107,6 +107,33 @@ def test_strides_dilations_and_padding(layout, dtype, stride, dilation, padding,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sw", [2, 4])
+def test_strided_preparation_in_vectors(dtype, sw):
+    """NCHW images with column stride 2 or 4 are split into their column phases a vector of
+    columns at a time (fc_prep_phases), the padding columns and the row ends around that
+    range one at a time: widths around one and two vectors of each phase, left padding
+    below, at and past the stride, NaN and inf at the row ends, row strides 1 and 2, for the
+    blocked kernel and the one-output-channel kernel (depthwise)."""
+    lanes = block_sizes(dtype)["vector"]
+    widths = sorted({sw * lanes - 1, sw * lanes, sw * lanes + 1, 2 * sw * lanes + 3,
+                     3 * sw * lanes + sw - 1})
+    for width, left, sh in itertools.product(widths, sorted({0, 1, sw - 1, sw + 1}), (1, 2)):
+        padding = ((1, 0), (left, (left + 1) % 3))
+        for c_in, c_out, groups in ((3, 5, 1), (4, 4, 4)):
+            x, wt, b = problem("NCHW", dtype, 2, c_in, 5, width, c_out, (2, sw + 1), groups,
+                               seed=width + left)
+            x[0, 0, 1, 0], x[1, c_in - 1, 2, width - 1] = np.nan, np.inf
+            kw = dict(stride=(sh, sw), padding=padding, groups=groups)
+            got = fastconv.conv2d(x, wt, b, algorithm="direct", **kw)
+            want = reference.conv2d(x, wt, b, **kw)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want),
+                                          err_msg=f"width {width}, {kw}")
+            assert_close(got, want, dtype, c_in // groups * 2 * (sw + 1),
+                         err_msg=f"width {width}, {kw}")
+            assert np.isnan(got).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("groups, c_in, c_out", [(2, 6, 8), (3, 9, 12), (4, 8, 36)])
 def test_groups(layout, dtype, groups, c_in, c_out):
