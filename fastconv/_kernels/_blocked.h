@@ -395,7 +395,7 @@ static inline ptrdiff_t fc_channels_last_vec_f64(double *dst, ptrdiff_t ds, cons
  * (its tap loop ran at about 67% of the FMA peak, against about 97% on a prepared image).
  * So each block first asks for the pixels of the block FC_CH_PREFETCH_BLOCKS ahead, into L2
  * (the next block's own x would push the weights out of L1). Measured, ResNet 256->64 56x56
- * NHWC batch 32, two threads, separate builds interleaved by process: 146-148 -> 163-172
+ * NHWC batch 32, two threads, separate builds interleaved by process: 143-162 -> 159-176
  * GFLOP/s at 2 blocks ahead; 1 block 143-169, 4 blocks 170-173, into L1 156-162. */
 #define FC_CH_PREFETCH_BLOCKS 2
 

@@ -267,6 +267,18 @@ cdef inline void _prep_nchw_row(
         memset(row + j1, 0, (Ws - j1) * sizeof(floating))
 
 
+cdef inline void _prep_columns(
+    const floating* src, floating* row, Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw,
+    Py_ssize_t pl, Py_ssize_t j0, Py_ssize_t j1,
+) noexcept nogil:
+    """Columns j0 <= j < j1 of phase b's row, one at a time: src[j * sw + b - pl], or zero
+    where that is padding."""
+    cdef Py_ssize_t j, col
+    for j in range(j0, j1):
+        col = j * sw + b - pl
+        row[j] = src[col] if 0 <= col < W else 0
+
+
 cdef inline void _prep_nchw_plane(
     const floating* x,     # IN  channel c of the image: (H, W)
     floating* xs,          # OUT rows i0 <= i < i1 of channel c of every phase (a, b): row i
@@ -279,7 +291,7 @@ cdef inline void _prep_nchw_plane(
     each into its sw column phases while it is in L1 (a phase at a time read every sh-th
     row, sw times over), for strides 2 and 4 a vector of columns at a time (see
     fc_prep_phases)."""
-    cdef Py_ssize_t i, a, b, ih, j, col
+    cdef Py_ssize_t i, a, b, ih
     cdef const floating* src
     cdef floating* row
     cdef int done
@@ -304,12 +316,8 @@ cdef inline void _prep_nchw_plane(
                     _prep_nchw_row(src, row + b * phase_len, W, b, sw, pl, Ws)
                 continue
             for b in range(sw):   # the columns around [ja, jb): padding or the row's ends
-                for j in range(ja):
-                    col = j * sw + b - pl
-                    row[b * phase_len + j] = src[col] if 0 <= col < W else 0
-                for j in range(jb, Ws):
-                    col = j * sw + b - pl
-                    row[b * phase_len + j] = src[col] if 0 <= col < W else 0
+                _prep_columns(src, row + b * phase_len, W, b, sw, pl, 0, ja)
+                _prep_columns(src, row + b * phase_len, W, b, sw, pl, jb, Ws)
 
 
 cdef inline void _prep_nhwc_row(
