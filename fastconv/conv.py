@@ -490,9 +490,9 @@ def _conv_blocked(x, w, bias, out4, args: _validate.ConvArgs, n_threads: int) ->
     reduction. Padding zeros are real, so an inf or NaN weight meets them as in PyTorch.
     A 1x1 convolution without stride or padding reads x in place: NHWC always (see
     _conv_pointwise_nhwc), NCHW unless whole images go to each thread (see
-    _nchw_can_read_x). NHWC layers that
-    run the pix kernel (few outputs, see _pix_for_nhwc) have their images prepared
-    channel-planar, as NCHW ones (one-channel images need no reordering).
+    _nchw_can_read_x). NHWC layers that run the pix kernel (few outputs, see _pix_for_nhwc)
+    have their images prepared channel-planar, as NCHW ones (one-channel images need no
+    reordering).
     """
     g = args.geometry
     if g.n == 0 or g.out_pixels == 0:

@@ -242,31 +242,6 @@ cdef inline Py_ssize_t _end_column(Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw, Py
     return j1 if j1 > j0 else j0
 
 
-cdef inline void _prep_nchw_row(
-    const floating* src,   # IN  row ih of channel c: (W,), or NULL for a padding row
-    floating* row,         # OUT row i of phase (a, b), channel c: (Ws,)
-    Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t Ws,
-) noexcept nogil:
-    cdef Py_ssize_t j, j0, j1
-    if src == NULL:
-        memset(row, 0, Ws * sizeof(floating))
-        return
-    j0 = _first_column(b, sw, pl)
-    j1 = _end_column(W, b, sw, pl, Ws, j0)
-    if sw == 1:
-        if floating is float:
-            fc_prep_row_f32(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
-        else:
-            fc_prep_row_f64(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
-        return
-    if j0 > 0:
-        memset(row, 0, j0 * sizeof(floating))
-    for j in range(j0, j1):
-        row[j] = src[j * sw + b - pl]
-    if j1 < Ws:
-        memset(row + j1, 0, (Ws - j1) * sizeof(floating))
-
-
 cdef inline void _prep_columns(
     const floating* src, floating* row, Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw,
     Py_ssize_t pl, Py_ssize_t j0, Py_ssize_t j1,
@@ -277,6 +252,25 @@ cdef inline void _prep_columns(
     for j in range(j0, j1):
         col = j * sw + b - pl
         row[j] = src[col] if 0 <= col < W else 0
+
+
+cdef inline void _prep_nchw_row(
+    const floating* src,   # IN  row ih of channel c: (W,), or NULL for a padding row
+    floating* row,         # OUT row i of phase (a, b), channel c: (Ws,)
+    Py_ssize_t W, Py_ssize_t b, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t Ws,
+) noexcept nogil:
+    cdef Py_ssize_t j0, j1
+    if src == NULL:
+        memset(row, 0, Ws * sizeof(floating))
+    elif sw == 1:
+        j0 = _first_column(b, sw, pl)
+        j1 = _end_column(W, b, sw, pl, Ws, j0)
+        if floating is float:
+            fc_prep_row_f32(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
+        else:
+            fc_prep_row_f64(row, src + j0 + b - pl, j1 - j0, j0, Ws - j1)
+    else:
+        _prep_columns(src, row, W, b, sw, pl, 0, Ws)
 
 
 cdef inline void _prep_nchw_plane(
